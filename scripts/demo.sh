@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The `make demo` script: runs the echo server and drives it with the `trpc` CLI.
+set -euo pipefail
+BIN="${CARGO_TARGET_DIR:-target}/debug"
+LOG="$(mktemp -t trpc-demo.XXXXXX)"
+SERVER_PID=""
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; rm -f "$LOG"; }
+trap cleanup EXIT
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+# Runs a call that is expected to fail, showing its error and exit code.
+run_fails() {
+  printf '$ %s\n' "$*"
+  local rc=0
+  "$@" || rc=$?
+  if [ "$rc" -eq 0 ]; then echo "expected this call to fail" >&2; exit 1; fi
+  echo "(exit code $rc, as expected)"
+}
+
+step "start the echo server on an ephemeral port"
+"$BIN/examples/echo_server" --listen 127.0.0.1:0 >"$LOG" 2>&1 &
+SERVER_PID=$!
+ADDR=""
+for _ in $(seq 1 100); do
+  ADDR="$(sed -n 's/^listening on //p' "$LOG" | head -n1)"
+  [ -n "$ADDR" ] && break
+  sleep 0.1
+done
+[ -n "$ADDR" ] || { echo "server did not start"; cat "$LOG"; exit 1; }
+echo "echo server listening on $ADDR (pid $SERVER_PID)"
+T="$BIN/trpc"
+
+step "a unary call with metadata (x-* request metadata is echoed back as response metadata)"
+run "$T" call "$ADDR" echo.Echo/Say '{"message": "hello, trpc"}' -H x-user=alice -H x-request-id=42 -v
+
+step "a deadline: Sleep 2s with a 200ms timeout -> DEADLINE_EXCEEDED, and the server cancels the handler"
+run_fails "$T" call "$ADDR" echo.Echo/Sleep '{"millis": 2000}' --timeout 200ms
+
+step "a status error from the handler"
+run_fails "$T" call "$ADDR" echo.Echo/Fail '{"code": 5, "message": "no such user"}'
+
+step "an unknown method"
+run_fails "$T" call "$ADDR" echo.Echo/Nope '{}'
+
+step "a handler panic becomes INTERNAL; the server lives on"
+run_fails "$T" call "$ADDR" echo.Echo/Panic '{}'
+run "$T" call "$ADDR" echo.Echo/Say '{"message": "still alive"}'
+
+step "server stats: the cancelled sleep was seen by the server"
+STATS="$("$T" call "$ADDR" echo.Echo/Stats)"
+echo "$STATS"
+echo "$STATS" | grep -q '"cancelled": 1' || { echo "expected one cancelled sleep"; exit 1; }
+
+step "graceful shutdown on SIGTERM"
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID"; STATUS=$?
+SERVER_PID=""
+echo "server exited with status $STATUS"
+echo "--- server log ---"
+cat "$LOG"
+grep -q "Sleep cancelled" "$LOG"
+grep -q "echo server stopped" "$LOG"
+step "demo finished"

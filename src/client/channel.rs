@@ -1,0 +1,428 @@
+//! [`Channel`]: a cheap-to-clone `tower::Service` over a small pool of
+//! multiplexed connections to one endpoint.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::connection::Conn;
+use super::endpoint::Endpoint;
+use crate::body::Body;
+use crate::request::{Request, Response};
+use crate::status::Status;
+use crate::util::{fmt_duration, jitter};
+
+/// How often a call that was refused (never processed: GOAWAY, idle close)
+/// is transparently re-sent on another connection.
+const REFUSED_RETRIES: u8 = 2;
+
+/// A client for one endpoint: clone it freely, every clone shares the pool.
+///
+/// `Channel` is a `Service<Request<Body>, Response = Response<Body>, Error =
+/// Status>`; wrap it in any tower layers, and in [`Client`](crate::Client) for
+/// typed calls. It is always ready: calls fail fast with `Unavailable` while
+/// the endpoint cannot be reached (reconnects back off exponentially).
+#[derive(Clone)]
+pub struct Channel {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    endpoint: Endpoint,
+    slots: Box<[Mutex<Slot>]>,
+    next: AtomicUsize,
+    changed: Notify,
+}
+
+enum Slot {
+    Empty {
+        failures: u32,
+    },
+    Connecting {
+        failures: u32,
+    },
+    Ready(Arc<Conn>),
+    Backoff {
+        until: Instant,
+        error: Status,
+        failures: u32,
+    },
+}
+
+enum Pick {
+    Conn(Arc<Conn>),
+    Wait,
+    Fail(Status),
+}
+
+fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    fn pick(self: &Arc<Self>) -> Pick {
+        let n = self.slots.len();
+        let start = if n == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        };
+        let mut waiting = false;
+        let mut failure = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let mut slot = lock(&self.slots[i]);
+            let failures = match &*slot {
+                Slot::Ready(c) if c.is_usable() => return Pick::Conn(c.clone()),
+                Slot::Ready(_) => 0,
+                Slot::Empty { failures } => *failures,
+                Slot::Connecting { .. } => {
+                    waiting = true;
+                    continue;
+                }
+                Slot::Backoff {
+                    until,
+                    error,
+                    failures,
+                } => {
+                    if Instant::now() < *until {
+                        failure = Some(error.clone());
+                        continue;
+                    }
+                    *failures
+                }
+            };
+            *slot = Slot::Connecting { failures };
+            drop(slot);
+            tokio::spawn(self.clone().connect_slot(i));
+            waiting = true;
+        }
+        if waiting {
+            Pick::Wait
+        } else {
+            Pick::Fail(failure.unwrap_or_else(|| Status::unavailable("no connection")))
+        }
+    }
+
+    async fn connect_slot(self: Arc<Self>, i: usize) {
+        let result = self.endpoint.connect_one().await;
+        {
+            let mut slot = lock(&self.slots[i]);
+            let failures = match &*slot {
+                Slot::Connecting { failures } => *failures,
+                _ => 0,
+            };
+            *slot = match result {
+                Ok(conn) => Slot::Ready(conn),
+                Err(error) => {
+                    let cfg = &self.endpoint.config;
+                    let exp = cfg.backoff_initial.saturating_mul(1u32 << failures.min(20));
+                    let delay = jitter(exp.min(cfg.backoff_max), 0.2);
+                    tracing::debug!(endpoint = self.endpoint.uri(), %error, retry_in = ?delay, "connect failed");
+                    let error = Status::unavailable(format!(
+                        "{} (reconnecting in {})",
+                        error.message(),
+                        fmt_duration(delay)
+                    ))
+                    .with_refused(true);
+                    Slot::Backoff {
+                        until: Instant::now() + delay,
+                        error,
+                        failures: failures.saturating_add(1),
+                    }
+                }
+            };
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until a connection is usable, or fails when the endpoint is down.
+    async fn ready_conn(self: &Arc<Self>) -> Result<Arc<Conn>, Status> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.pick() {
+                Pick::Conn(c) => return Ok(c),
+                Pick::Fail(e) => return Err(e),
+                Pick::Wait => notified.await,
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for slot in self.slots.iter() {
+            if let Slot::Ready(conn) = &*lock(slot) {
+                conn.close(Status::cancelled("channel dropped").with_refused(true));
+            }
+        }
+    }
+}
+
+impl Channel {
+    pub(crate) fn new(endpoint: Endpoint) -> Channel {
+        let n = endpoint.config.pool_size.max(1);
+        let slots = (0..n)
+            .map(|_| Mutex::new(Slot::Empty { failures: 0 }))
+            .collect();
+        Channel {
+            pool: Arc::new(Pool {
+                endpoint,
+                slots,
+                next: AtomicUsize::new(0),
+                changed: Notify::new(),
+            }),
+        }
+    }
+
+    /// The endpoint this channel connects to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.pool.endpoint
+    }
+
+    /// Waits until at least one connection is established.
+    pub async fn wait_connected(&self) -> Result<(), Status> {
+        self.pool.ready_conn().await.map(drop)
+    }
+
+    /// Connections currently established and usable.
+    pub fn connections(&self) -> usize {
+        self.pool
+            .slots
+            .iter()
+            .filter(|s| matches!(&*lock(s), Slot::Ready(c) if c.is_usable()))
+            .count()
+    }
+
+    /// Calls in flight over all connections.
+    pub fn in_flight(&self) -> usize {
+        self.pool
+            .slots
+            .iter()
+            .map(|s| match &*lock(s) {
+                Slot::Ready(c) => c.in_flight(),
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("endpoint", &self.pool.endpoint.uri())
+            .field("pool_size", &self.pool.slots.len())
+            .finish()
+    }
+}
+
+impl Service<Request<Body>> for Channel {
+    type Response = Response<Body>;
+    type Error = Status;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+        ResponseFuture::start(&self.pool, req)
+    }
+}
+
+/// A call registered on a connection; dropping it before completion cancels
+/// the call on the server.
+struct InFlight {
+    conn: Arc<Conn>,
+    id: u32,
+    done: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.cancel(self.id);
+        }
+    }
+}
+
+type BoxResponse = Pin<Box<dyn Future<Output = Result<Response<Body>, Status>> + Send>>;
+
+enum State {
+    InFlight {
+        call: InFlight,
+        pool: Arc<Pool>,
+        req: Request<Body>,
+    },
+    Slow(BoxResponse),
+    Failed(Option<Status>),
+}
+
+pin_project! {
+    /// The future of a [`Channel`] call.
+    pub struct ResponseFuture {
+        state: State,
+        deadline: Option<Instant>,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+fn deadline_exceeded(deadline: Instant, sent: bool) -> Status {
+    let _ = deadline;
+    if sent {
+        Status::deadline_exceeded("deadline exceeded while waiting for the response")
+    } else {
+        Status::deadline_exceeded("deadline exceeded before the call was sent")
+    }
+}
+
+impl ResponseFuture {
+    fn start(pool: &Arc<Pool>, mut req: Request<Body>) -> ResponseFuture {
+        if req.deadline().is_none() {
+            if let Some(t) = pool.endpoint.config.timeout {
+                req.set_timeout(t);
+            }
+        }
+        let deadline = req.deadline();
+        let failed = |s| ResponseFuture {
+            state: State::Failed(Some(s)),
+            deadline: None,
+            sleep: None,
+        };
+        let timeout = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return failed(deadline_exceeded(d, false));
+                }
+                Some(left)
+            }
+            None => None,
+        };
+        if req.get_ref().is_stream() {
+            return failed(Status::unimplemented(
+                "streaming request bodies are not supported by this channel",
+            ));
+        }
+        let state = match pool.pick() {
+            Pick::Conn(conn) => match conn.start_call(&req, timeout) {
+                Ok(id) => State::InFlight {
+                    call: InFlight {
+                        conn,
+                        id,
+                        done: false,
+                    },
+                    pool: pool.clone(),
+                    req,
+                },
+                Err(e) if e.is_refused() => State::Slow(Box::pin(slow_call(pool.clone(), req))),
+                Err(e) => return failed(e),
+            },
+            Pick::Wait => State::Slow(Box::pin(slow_call(pool.clone(), req))),
+            Pick::Fail(e) => return failed(e),
+        };
+        ResponseFuture {
+            state,
+            deadline,
+            sleep: deadline.map(tokio::time::sleep_until),
+        }
+    }
+}
+
+/// The path through connection establishment and refused-call retries.
+async fn slow_call(pool: Arc<Pool>, req: Request<Body>) -> Result<Response<Body>, Status> {
+    let mut last = None;
+    for _ in 0..=REFUSED_RETRIES {
+        let conn = pool.ready_conn().await?;
+        let timeout = req.time_remaining();
+        if timeout == Some(Duration::ZERO) {
+            return Err(Status::deadline_exceeded(
+                "deadline exceeded before the call was sent",
+            ));
+        }
+        let id = match conn.start_call(&req, timeout) {
+            Ok(id) => id,
+            Err(e) if e.is_refused() => {
+                last = Some(e);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut call = InFlight {
+            conn,
+            id,
+            done: false,
+        };
+        let result = poll_fn(|cx| call.conn.poll_call(call.id, cx)).await;
+        call.done = true;
+        match result {
+            Err(e) if e.is_refused() => last = Some(e),
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or_else(|| Status::unavailable("call refused by every connection")))
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let result = match this.state {
+            State::InFlight { call, pool, req } => match call.conn.poll_call(call.id, cx) {
+                Poll::Ready(Err(e)) if e.is_refused() => {
+                    call.done = true;
+                    let req = std::mem::replace(req, Request::new(Body::empty()));
+                    *this.state = State::Slow(Box::pin(slow_call(pool.clone(), req)));
+                    return self_poll_again(cx);
+                }
+                Poll::Ready(r) => {
+                    call.done = true;
+                    Poll::Ready(r)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            State::Slow(fut) => fut.as_mut().poll(cx),
+            State::Failed(s) => Poll::Ready(Err(s
+                .take()
+                .unwrap_or_else(|| Status::internal("polled after completion")))),
+        };
+        if result.is_pending() {
+            if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+                if sleep.poll(cx).is_ready() {
+                    let deadline = this.deadline.unwrap_or_else(Instant::now);
+                    // Dropping the call sends CANCEL to the server.
+                    *this.state = State::Failed(None);
+                    return Poll::Ready(Err(deadline_exceeded(deadline, true)));
+                }
+            }
+        }
+        result
+    }
+}
+
+fn self_poll_again<T>(cx: &mut Context<'_>) -> Poll<T> {
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}

@@ -1,0 +1,276 @@
+//! [`Endpoint`]: where to connect and how; builds a [`Channel`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::channel::Channel;
+use super::connection::{self, Conn};
+use crate::frame::{self, Settings};
+use crate::status::Status;
+
+/// Connection settings shared by every connection of a channel.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientConfig {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) pool_size: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) keepalive: Option<(Duration, Duration)>,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) max_message: usize,
+    pub(crate) max_send_message: usize,
+    pub(crate) max_metadata: usize,
+    pub(crate) tcp_nodelay: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            timeout: None,
+            pool_size: 1,
+            idle_timeout: Some(Duration::from_secs(300)),
+            keepalive: Some((Duration::from_secs(30), Duration::from_secs(10))),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            max_message: frame::DEFAULT_MAX_MESSAGE,
+            max_send_message: frame::DEFAULT_MAX_MESSAGE,
+            max_metadata: frame::DEFAULT_MAX_METADATA,
+            tcp_nodelay: true,
+        }
+    }
+}
+
+impl ClientConfig {
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            max_message_size: Some(self.max_message.min(u32::MAX as usize) as u32),
+            max_metadata_size: Some(self.max_metadata.min(u32::MAX as usize) as u32),
+            ..Settings::default()
+        }
+    }
+}
+
+/// The address of a trpc server plus the settings of connections to it.
+///
+/// Addresses are `tcp://host:port` or plain `host:port`; host names are
+/// resolved at every (re)connect.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), trpc::Status> {
+/// use std::time::Duration;
+/// let channel = trpc::Endpoint::from_static("tcp://127.0.0.1:7000")
+///     .connect_timeout(Duration::from_secs(1))
+///     .timeout(Duration::from_millis(500))
+///     .pool_size(2)
+///     .connect()
+///     .await?;
+/// # drop(channel); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Endpoint {
+    uri: Arc<str>,
+    host: Arc<str>,
+    port: u16,
+    pub(crate) config: ClientConfig,
+}
+
+impl Endpoint {
+    /// Parses `tcp://host:port` or `host:port`.
+    pub fn new(uri: impl AsRef<str>) -> Result<Endpoint, Status> {
+        let uri = uri.as_ref().trim();
+        let rest = match uri.split_once("://") {
+            Some(("tcp" | "trpc", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(Status::invalid_argument(format!(
+                    "unsupported scheme {scheme:?} in {uri:?} (use tcp://host:port)"
+                )))
+            }
+            None => uri,
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| Status::invalid_argument(format!("{uri:?} has no :port")))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("bad port in {uri:?}")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(Status::invalid_argument(format!("{uri:?} has no host")));
+        }
+        Ok(Endpoint {
+            uri: Arc::from(uri),
+            host: Arc::from(host),
+            port,
+            config: ClientConfig::default(),
+        })
+    }
+
+    /// Like [`Endpoint::new`] for literals.
+    ///
+    /// # Panics
+    /// If `uri` is not a valid address.
+    pub fn from_static(uri: &'static str) -> Endpoint {
+        match Endpoint::new(uri) {
+            Ok(e) => e,
+            Err(e) => panic!("Endpoint::from_static({uri:?}): {}", e.message()),
+        }
+    }
+
+    /// The address as given.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Time allowed to establish a connection, including the protocol handshake
+    /// (default 5 s). Past it the call fails with `Unavailable`.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.config.connect_timeout = d;
+        self
+    }
+
+    /// A default deadline for every call that has none (default: none).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.config.timeout = Some(d);
+        self
+    }
+
+    /// Connections kept to this endpoint (default 1; each carries many calls).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.config.pool_size = n.max(1);
+        self
+    }
+
+    /// Closes a connection that has carried no call for `d` (default 5 min);
+    /// `None` keeps idle connections forever.
+    pub fn idle_timeout(mut self, d: Option<Duration>) -> Self {
+        self.config.idle_timeout = d;
+        self
+    }
+
+    /// Sends a PING after `interval` without reading anything and closes the
+    /// connection when no answer comes within `timeout` (default 30 s / 10 s).
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.config.keepalive = Some((interval, timeout));
+        self
+    }
+
+    /// Turns keepalive pings off.
+    pub fn no_keepalive(mut self) -> Self {
+        self.config.keepalive = None;
+        self
+    }
+
+    /// Reconnect backoff after failed connects: starts at `initial`, doubles,
+    /// capped at `max`, with ±20% jitter (default 100 ms .. 5 s). While backing
+    /// off, calls fail fast with `Unavailable`.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.config.backoff_initial = initial;
+        self.config.backoff_max = max.max(initial);
+        self
+    }
+
+    /// Largest response message accepted and request message sent (default 4 MiB).
+    pub fn max_message_size(mut self, n: usize) -> Self {
+        self.config.max_message = n;
+        self.config.max_send_message = n;
+        self
+    }
+
+    /// Largest request message this client sends (default: `max_message_size`).
+    pub fn max_send_message_size(mut self, n: usize) -> Self {
+        self.config.max_send_message = n;
+        self
+    }
+
+    /// Largest metadata block accepted (default 16 KiB).
+    pub fn max_metadata_size(mut self, n: usize) -> Self {
+        self.config.max_metadata = n.min(frame::MAX_METADATA_FIELD);
+        self
+    }
+
+    /// TCP_NODELAY on connections (default on).
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.config.tcp_nodelay = on;
+        self
+    }
+
+    /// Connects one connection now, failing if the server cannot be reached,
+    /// and returns a channel that keeps (re)connecting as needed.
+    pub async fn connect(self) -> Result<Channel, Status> {
+        let channel = Channel::new(self);
+        channel.wait_connected().await?;
+        Ok(channel)
+    }
+
+    /// A channel that connects on its first call.
+    pub fn connect_lazy(self) -> Channel {
+        Channel::new(self)
+    }
+
+    /// Opens one connection (resolve, connect, handshake), bounded by the
+    /// connect timeout.
+    pub(crate) async fn connect_one(&self) -> Result<Arc<Conn>, Status> {
+        let timeout = self.config.connect_timeout;
+        let attempt = async {
+            let addrs = tokio::net::lookup_host((&*self.host, self.port))
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot resolve {}: {e}", self.host)))?;
+            let mut last = Status::unavailable(format!("{} resolved to no address", self.host));
+            for addr in addrs {
+                match connection::connect(addr, &self.config).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::unavailable(format!(
+                "connect to {} timed out after {}",
+                self.uri,
+                crate::util::fmt_duration(timeout)
+            ))),
+        }
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = Status;
+    fn from_str(s: &str) -> Result<Self, Status> {
+        Endpoint::new(s)
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("uri", &self.uri)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        let e = Endpoint::new("tcp://127.0.0.1:7000").unwrap();
+        assert_eq!((&*e.host, e.port), ("127.0.0.1", 7000));
+        let e = Endpoint::new("localhost:1").unwrap();
+        assert_eq!((&*e.host, e.port), ("localhost", 1));
+        let e = Endpoint::new("tcp://[::1]:9").unwrap();
+        assert_eq!((&*e.host, e.port), ("::1", 9));
+        assert!(Endpoint::new("http://x:1").is_err());
+        assert!(Endpoint::new("x").is_err());
+        assert!(Endpoint::new("x:99999").is_err());
+        assert!(Endpoint::new(":80").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! The client: [`Endpoint`] → [`Channel`] (a `tower::Service`) → [`Client`] for
+//! typed calls.
+
+mod channel;
+mod connection;
+mod endpoint;
+mod typed;
+
+pub use channel::{Channel, ResponseFuture};
+pub use connection::Trailers;
+pub use endpoint::Endpoint;
+pub use typed::{Client, IntoRequest};

@@ -1,0 +1,60 @@
+//! # trpc
+//!
+//! A production-grade RPC framework where every feature is a [tower] `Layer`
+//! around a framed-TCP `Service`.
+//!
+//! * [`Channel`] is the client transport: a cheap-to-clone
+//!   `Service<Request<Body>>` multiplexing many calls over a small pool of TCP
+//!   connections, with deadlines, cancellation, keepalive and reconnect backoff.
+//! * [`Server`] serves any `Service<Request<Body>>` — usually a
+//!   [`Router`](server::Router) of typed async handlers — behind any tower
+//!   layers, with limits, timeouts and graceful shutdown.
+//! * [`Client`] makes typed calls over any stack built on a channel.
+//! * [`Status`] is the one error type; [`Status::from_error`] maps the errors
+//!   of any tower middleware.
+//!
+//! The wire format is specified in `docs/PROTOCOL.md`; the [`frame`] module
+//! implements it.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Msg { message: String }
+//!
+//! # async fn f() -> Result<(), trpc::Status> {
+//! let channel = trpc::Endpoint::from_static("tcp://127.0.0.1:7000")
+//!     .connect_timeout(Duration::from_secs(1))
+//!     .connect()
+//!     .await?;
+//! let stack = ServiceBuilder::new()
+//!     .timeout(Duration::from_millis(200))
+//!     .service(channel);
+//! let mut client = trpc::Client::new(stack);
+//! let reply: trpc::Response<Msg> = client
+//!     .unary("echo.Echo/Say", Msg { message: "hi".into() })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [tower]: https://docs.rs/tower
+
+pub mod body;
+pub mod client;
+pub mod codec;
+pub mod frame;
+pub mod metadata;
+pub mod request;
+pub mod server;
+pub mod status;
+#[doc(hidden)]
+pub mod util;
+mod wire;
+
+pub use body::{Body, Payload};
+pub use client::{Channel, Client, Endpoint};
+pub use metadata::MetadataMap;
+pub use request::{Method, Request, Response};
+pub use server::Server;
+pub use status::{BoxError, Code, Status};

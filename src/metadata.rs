@@ -1,0 +1,459 @@
+//! Call metadata: text and binary key/value pairs sent with requests and responses.
+//!
+//! Keys are lower-case ASCII (`a-z 0-9 - _ .`), at most 255 bytes. A key ending in
+//! `-bin` carries an arbitrary binary value; other values are UTF-8 text. Keys may
+//! repeat ([`MetadataMap::append`]). Keys starting with `:` are reserved for the
+//! protocol (docs/PROTOCOL.md) and never appear in a `MetadataMap`.
+//!
+//! ```
+//! use trpc::MetadataMap;
+//! let mut md = MetadataMap::new();
+//! md.insert("x-user", "alice");
+//! md.insert_bin("trace-bin", vec![0u8, 1, 2]);
+//! assert_eq!(md.get("x-user"), Some("alice"));
+//! assert_eq!(md.get_bin("trace-bin").map(|b| &b[..]), Some(&[0u8, 1, 2][..]));
+//! ```
+
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Maximum key length in bytes.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// An error for an invalid metadata key or value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidMetadata {
+    reason: String,
+}
+
+impl InvalidMetadata {
+    fn new(reason: impl Into<String>) -> Self {
+        InvalidMetadata {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for InvalidMetadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid metadata: {}", self.reason)
+    }
+}
+
+impl std::error::Error for InvalidMetadata {}
+
+/// A multimap of metadata entries, in insertion order.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct MetadataMap {
+    entries: Vec<Entry>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Entry {
+    key: Bytes,
+    value: Bytes,
+}
+
+impl Entry {
+    fn key_str(&self) -> &str {
+        // Keys are validated ASCII on every way in.
+        std::str::from_utf8(&self.key).unwrap_or_default()
+    }
+}
+
+/// Checks a user metadata key: 1..=255 bytes of `a-z 0-9 - _ .`.
+pub fn validate_key(key: &[u8]) -> Result<(), InvalidMetadata> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(InvalidMetadata::new(format!(
+            "key length {} not in 1..=255",
+            key.len()
+        )));
+    }
+    if !key.iter().all(|&b| is_key_byte(b)) {
+        return Err(InvalidMetadata::new(format!(
+            "key {:?} has characters outside a-z 0-9 - _ .",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(())
+}
+
+fn is_key_byte(b: u8) -> bool {
+    matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.')
+}
+
+/// True for keys whose values are binary (`-bin` suffix).
+pub fn is_binary_key(key: &[u8]) -> bool {
+    key.ends_with(b"-bin")
+}
+
+impl MetadataMap {
+    /// An empty map (allocates nothing).
+    pub const fn new() -> Self {
+        MetadataMap {
+            entries: Vec::new(),
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Sets a text value, replacing every existing value of `key`.
+    ///
+    /// # Panics
+    /// If `key` is not a valid text key or `value` contains control characters; use
+    /// [`MetadataMap::try_insert`] for keys and values that come from input.
+    pub fn insert(&mut self, key: &'static str, value: impl Into<String>) {
+        let value = value.into();
+        if let Err(e) = self.try_insert(key, &value) {
+            panic!("MetadataMap::insert({key:?}): {e}");
+        }
+    }
+
+    /// Sets a text value, replacing existing values, validating key and value.
+    pub fn try_insert(&mut self, key: &str, value: &str) -> Result<(), InvalidMetadata> {
+        let (key, value) = Self::text_entry(key, value)?;
+        self.remove(std::str::from_utf8(&key).unwrap_or_default());
+        self.entries.push(Entry { key, value });
+        Ok(())
+    }
+
+    /// Adds a text value, keeping existing values of `key`.
+    pub fn append(&mut self, key: &str, value: &str) -> Result<(), InvalidMetadata> {
+        let (key, value) = Self::text_entry(key, value)?;
+        self.entries.push(Entry { key, value });
+        Ok(())
+    }
+
+    fn text_entry(key: &str, value: &str) -> Result<(Bytes, Bytes), InvalidMetadata> {
+        validate_key(key.as_bytes())?;
+        if is_binary_key(key.as_bytes()) {
+            return Err(InvalidMetadata::new(format!(
+                "key {key:?} ends in -bin: use insert_bin"
+            )));
+        }
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(InvalidMetadata::new(format!(
+                "value of {key:?} contains control characters"
+            )));
+        }
+        Ok((
+            Bytes::copy_from_slice(key.as_bytes()),
+            Bytes::copy_from_slice(value.as_bytes()),
+        ))
+    }
+
+    /// Sets a binary value (key must end in `-bin`), replacing existing values.
+    ///
+    /// # Panics
+    /// If `key` is invalid or does not end in `-bin`.
+    pub fn insert_bin(&mut self, key: &'static str, value: impl Into<Bytes>) {
+        if let Err(e) = self.try_insert_bin(key, value) {
+            panic!("MetadataMap::insert_bin({key:?}): {e}");
+        }
+    }
+
+    /// Sets a binary value, validating the key.
+    pub fn try_insert_bin(
+        &mut self,
+        key: &str,
+        value: impl Into<Bytes>,
+    ) -> Result<(), InvalidMetadata> {
+        validate_key(key.as_bytes())?;
+        if !is_binary_key(key.as_bytes()) {
+            return Err(InvalidMetadata::new(format!(
+                "binary key {key:?} must end in -bin"
+            )));
+        }
+        self.remove(key);
+        self.entries.push(Entry {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: value.into(),
+        });
+        Ok(())
+    }
+
+    /// The first text value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        if is_binary_key(key.as_bytes()) {
+            return None;
+        }
+        self.get_raw(key).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// All text values of `key`, in order.
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.entries
+            .iter()
+            .filter(move |e| e.key == key.as_bytes())
+            .filter_map(|e| std::str::from_utf8(&e.value).ok())
+    }
+
+    /// The first binary value of `key` (which must end in `-bin`).
+    pub fn get_bin(&self, key: &str) -> Option<&Bytes> {
+        if !is_binary_key(key.as_bytes()) {
+            return None;
+        }
+        self.entries
+            .iter()
+            .find(|e| e.key == key.as_bytes())
+            .map(|e| &e.value)
+    }
+
+    fn get_raw(&self, key: &str) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|e| e.key == key.as_bytes())
+            .map(|e| &e.value[..])
+    }
+
+    /// True if `key` has at least one value.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.entries.iter().any(|e| e.key == key.as_bytes())
+    }
+
+    /// Removes every value of `key`; returns how many were removed.
+    pub fn remove(&mut self, key: &str) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|e| e.key != key.as_bytes());
+        before - self.entries.len()
+    }
+
+    /// Iterates over `(key, value)` pairs; binary values are raw bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.entries.iter().map(|e| (e.key_str(), &e.value[..]))
+    }
+
+    /// Moves every entry of `other` into `self` (appending).
+    pub fn extend(&mut self, other: MetadataMap) {
+        self.entries.extend(other.entries);
+    }
+
+    /// Encoded size of the entries in the wire format (see [`encode_entry`]).
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| entry_len(e.key.len(), e.value.len()))
+            .sum()
+    }
+
+    /// Appends every entry in wire format.
+    pub(crate) fn encode(&self, dst: &mut BytesMut) {
+        for e in &self.entries {
+            encode_entry(dst, &e.key, &e.value);
+        }
+    }
+
+    pub(crate) fn push_decoded(&mut self, key: Bytes, value: Bytes) {
+        self.entries.push(Entry { key, value });
+    }
+}
+
+impl fmt::Debug for MetadataMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for e in &self.entries {
+            if is_binary_key(&e.key) {
+                m.entry(&e.key_str(), &e.value);
+            } else {
+                m.entry(&e.key_str(), &String::from_utf8_lossy(&e.value));
+            }
+        }
+        m.finish()
+    }
+}
+
+// ---- wire format -------------------------------------------------------------
+
+/// Bytes needed for one entry: key length (1), key, value length (varint), value.
+pub(crate) fn entry_len(key_len: usize, value_len: usize) -> usize {
+    1 + key_len + varint_len(value_len as u64) + value_len
+}
+
+/// Writes one entry: `key_len: u8 | key | value_len: varint | value`.
+pub(crate) fn encode_entry(dst: &mut BytesMut, key: &[u8], value: &[u8]) {
+    debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
+    dst.put_u8(key.len() as u8);
+    dst.put_slice(key);
+    put_varint(dst, value.len() as u64);
+    dst.put_slice(value);
+}
+
+pub(crate) fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+pub(crate) fn put_varint(dst: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        dst.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    dst.put_u8(v as u8);
+}
+
+/// Reads a LEB128 varint of at most 5 bytes (values < 2^32).
+fn get_varint(src: &[u8], pos: &mut usize) -> Option<u32> {
+    let mut v: u64 = 0;
+    for i in 0..5 {
+        let b = *src.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return u32::try_from(v).ok();
+        }
+    }
+    None
+}
+
+/// Iterates over the entries of an encoded metadata block without copying:
+/// every key and value is a slice of `block`.
+#[derive(Debug)]
+pub(crate) struct BlockIter {
+    block: Bytes,
+    pos: usize,
+}
+
+impl BlockIter {
+    pub(crate) fn new(block: Bytes) -> Self {
+        BlockIter { block, pos: 0 }
+    }
+}
+
+impl Iterator for BlockIter {
+    type Item = Result<(Bytes, Bytes), InvalidMetadata>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.block.len() {
+            return None;
+        }
+        Some(self.next_entry())
+    }
+}
+
+impl BlockIter {
+    fn next_entry(&mut self) -> Result<(Bytes, Bytes), InvalidMetadata> {
+        let src = &self.block[..];
+        let key_len = src[self.pos] as usize;
+        let key_start = self.pos + 1;
+        let key_end = key_start + key_len;
+        if key_len == 0 || key_end > src.len() {
+            self.pos = src.len();
+            return Err(InvalidMetadata::new("truncated or empty key"));
+        }
+        let mut pos = key_end;
+        let Some(value_len) = get_varint(src, &mut pos) else {
+            self.pos = src.len();
+            return Err(InvalidMetadata::new("bad value length"));
+        };
+        let value_end = pos.checked_add(value_len as usize).unwrap_or(usize::MAX);
+        if value_end > src.len() {
+            self.pos = src.len();
+            return Err(InvalidMetadata::new("value runs past the end of the block"));
+        }
+        let key = self.block.slice(key_start..key_end);
+        let value = self.block.slice(pos..value_end);
+        self.pos = value_end;
+        Ok((key, value))
+    }
+}
+
+/// Validates a user entry decoded from the wire and adds it to `map`.
+pub(crate) fn push_wire_entry(
+    map: &mut MetadataMap,
+    key: Bytes,
+    value: Bytes,
+) -> Result<(), InvalidMetadata> {
+    validate_key(&key)?;
+    if !is_binary_key(&key) && std::str::from_utf8(&value).is_err() {
+        return Err(InvalidMetadata::new(format!(
+            "value of text key {:?} is not UTF-8 (binary keys must end in -bin)",
+            String::from_utf8_lossy(&key)
+        )));
+    }
+    map.push_decoded(key, value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_replaces_and_append_keeps() {
+        let mut md = MetadataMap::new();
+        md.insert("k", "1");
+        md.insert("k", "2");
+        assert_eq!(md.get_all("k").collect::<Vec<_>>(), ["2"]);
+        md.append("k", "3").unwrap();
+        assert_eq!(md.get_all("k").collect::<Vec<_>>(), ["2", "3"]);
+        assert_eq!(md.remove("k"), 2);
+        assert!(md.is_empty());
+    }
+
+    #[test]
+    fn keys_are_validated() {
+        let mut md = MetadataMap::new();
+        assert!(md.try_insert("Upper", "x").is_err());
+        assert!(md.try_insert(":path", "x").is_err());
+        assert!(md.try_insert("", "x").is_err());
+        assert!(md.try_insert("a-bin", "x").is_err());
+        assert!(md.try_insert_bin("a", vec![1]).is_err());
+        assert!(md.try_insert("ok", "line\nbreak").is_err());
+        assert!(md.try_insert(&"k".repeat(256), "x").is_err());
+    }
+
+    #[test]
+    fn block_round_trips() {
+        let mut md = MetadataMap::new();
+        md.insert("a", "x".repeat(300));
+        md.insert_bin("b-bin", vec![0xff, 0, 1]);
+        let mut buf = BytesMut::new();
+        md.encode(&mut buf);
+        assert_eq!(buf.len(), md.encoded_len());
+        let mut back = MetadataMap::new();
+        for e in BlockIter::new(buf.freeze()) {
+            let (k, v) = e.unwrap();
+            push_wire_entry(&mut back, k, v).unwrap();
+        }
+        assert_eq!(back, md);
+    }
+
+    #[test]
+    fn bad_blocks_are_errors_not_panics() {
+        for block in [
+            &[5u8, b'a'][..],
+            &[0u8][..],
+            &[1, b'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+            &[1, b'a', 10, 1, 2][..],
+        ] {
+            let r: Result<Vec<_>, _> = BlockIter::new(Bytes::copy_from_slice(block)).collect();
+            assert!(r.is_err(), "{block:?}");
+        }
+        let mut md = MetadataMap::new();
+        assert!(push_wire_entry(
+            &mut md,
+            Bytes::from_static(b"t"),
+            Bytes::from_static(&[0xff])
+        )
+        .is_err());
+        assert!(push_wire_entry(
+            &mut md,
+            Bytes::from_static(b"t-bin"),
+            Bytes::from_static(&[0xff])
+        )
+        .is_ok());
+    }
+}

@@ -1,0 +1,365 @@
+//! [`Request`], [`Response`] and [`Method`]: a message plus the context that travels
+//! with it (metadata, deadline, peer, extensions).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Extensions;
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::metadata::MetadataMap;
+use crate::status::Status;
+
+/// A method name, `package.Service/Method`, cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Method(Bytes);
+
+impl Method {
+    /// A method from a static string (no allocation).
+    pub const fn from_static(name: &'static str) -> Method {
+        Method(Bytes::from_static(name.as_bytes()))
+    }
+
+    /// A method from UTF-8 bytes received on the wire.
+    pub fn from_bytes(bytes: Bytes) -> Result<Method, Status> {
+        if bytes.is_empty() {
+            return Err(Status::invalid_argument("empty method name"));
+        }
+        if std::str::from_utf8(&bytes).is_err() {
+            return Err(Status::invalid_argument("method name is not UTF-8"));
+        }
+        Ok(Method(bytes))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // Validated on every way in.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The name's bytes.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The service part: `package.Service` of `package.Service/Method`.
+    pub fn service(&self) -> &str {
+        let s = self.as_str();
+        s.rsplit_once('/').map(|(svc, _)| svc).unwrap_or(s)
+    }
+
+    /// True if no method is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&'static str> for Method {
+    fn from(s: &'static str) -> Self {
+        Method::from_static(s)
+    }
+}
+
+impl From<String> for Method {
+    fn from(s: String) -> Self {
+        Method(Bytes::from(s))
+    }
+}
+
+impl fmt::Debug for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A call's request: the message plus method, metadata, deadline and extensions.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut req = trpc::Request::new("hello").with_method("echo.Echo/Say");
+/// req.metadata_mut().insert("x-tenant", "acme");
+/// req.set_timeout(Duration::from_millis(200));
+/// assert_eq!(req.method().as_str(), "echo.Echo/Say");
+/// assert!(req.deadline().is_some());
+/// ```
+pub struct Request<T> {
+    method: Method,
+    metadata: MetadataMap,
+    deadline: Option<Instant>,
+    remote_addr: Option<SocketAddr>,
+    extensions: Extensions,
+    message: T,
+}
+
+impl<T> Request<T> {
+    /// A request with no method, metadata or deadline.
+    pub fn new(message: T) -> Self {
+        Request {
+            method: Method::default(),
+            metadata: MetadataMap::new(),
+            deadline: None,
+            remote_addr: None,
+            extensions: Extensions::new(),
+            message,
+        }
+    }
+
+    /// Sets the method (builder style).
+    pub fn with_method(mut self, method: impl Into<Method>) -> Self {
+        self.method = method.into();
+        self
+    }
+
+    /// The method being called.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// Sets the method.
+    pub fn set_method(&mut self, method: impl Into<Method>) {
+        self.method = method.into();
+    }
+
+    /// Request metadata.
+    pub fn metadata(&self) -> &MetadataMap {
+        &self.metadata
+    }
+
+    /// Mutable request metadata.
+    pub fn metadata_mut(&mut self) -> &mut MetadataMap {
+        &mut self.metadata
+    }
+
+    /// The call's deadline. On the server it is the earlier of the caller's
+    /// deadline and the server's configured timeout.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Sets the deadline, keeping the earlier one if a deadline is already set.
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(match self.deadline {
+            Some(d) => d.min(deadline),
+            None => deadline,
+        });
+    }
+
+    /// Replaces the deadline unconditionally (`None` removes it).
+    pub fn replace_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// Sets the deadline to now + `timeout`, keeping an earlier existing deadline.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.set_deadline(Instant::now() + timeout);
+    }
+
+    /// Time left until the deadline (zero when passed), `None` without deadline.
+    pub fn time_remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The peer's address (set by the server).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote_addr
+    }
+
+    /// Sets the peer address.
+    pub fn set_remote_addr(&mut self, addr: Option<SocketAddr>) {
+        self.remote_addr = addr;
+    }
+
+    /// Extensions: typed values layers attach for each other (never sent).
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Mutable extensions.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+
+    /// The message.
+    pub fn get_ref(&self) -> &T {
+        &self.message
+    }
+
+    /// Mutable message.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.message
+    }
+
+    /// Takes the message, dropping the context.
+    pub fn into_inner(self) -> T {
+        self.message
+    }
+
+    /// Maps the message, keeping the context.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Request<U> {
+        let (parts, message) = self.into_parts();
+        Request::from_parts(parts, f(message))
+    }
+
+    /// Splits into context and message.
+    pub fn into_parts(self) -> (RequestParts, T) {
+        (
+            RequestParts {
+                method: self.method,
+                metadata: self.metadata,
+                deadline: self.deadline,
+                remote_addr: self.remote_addr,
+                extensions: self.extensions,
+            },
+            self.message,
+        )
+    }
+
+    /// Joins context and message.
+    pub fn from_parts(parts: RequestParts, message: T) -> Self {
+        Request {
+            method: parts.method,
+            metadata: parts.metadata,
+            deadline: parts.deadline,
+            remote_addr: parts.remote_addr,
+            extensions: parts.extensions,
+            message,
+        }
+    }
+}
+
+impl Request<Body> {
+    /// A copy for a retry or hedge, when the body is not a stream (cheap: bytes
+    /// are reference counted); `None` for streaming requests.
+    pub fn try_clone(&self) -> Option<Self> {
+        Some(Request {
+            method: self.method.clone(),
+            metadata: self.metadata.clone(),
+            deadline: self.deadline,
+            remote_addr: self.remote_addr,
+            extensions: self.extensions.clone(),
+            message: self.message.try_clone()?,
+        })
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Request<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("metadata", &self.metadata)
+            .field("deadline", &self.deadline)
+            .field("remote_addr", &self.remote_addr)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+/// A request without its message (see [`Request::into_parts`]).
+#[derive(Debug)]
+pub struct RequestParts {
+    /// The method.
+    pub method: Method,
+    /// Request metadata.
+    pub metadata: MetadataMap,
+    /// The deadline.
+    pub deadline: Option<Instant>,
+    /// The peer address.
+    pub remote_addr: Option<SocketAddr>,
+    /// Extensions.
+    pub extensions: Extensions,
+}
+
+/// A call's response: the message plus metadata and extensions.
+pub struct Response<T> {
+    metadata: MetadataMap,
+    extensions: Extensions,
+    message: T,
+}
+
+impl<T> Response<T> {
+    /// A response with empty metadata.
+    pub fn new(message: T) -> Self {
+        Response {
+            metadata: MetadataMap::new(),
+            extensions: Extensions::new(),
+            message,
+        }
+    }
+
+    /// Response metadata (sent before the message).
+    pub fn metadata(&self) -> &MetadataMap {
+        &self.metadata
+    }
+
+    /// Mutable response metadata.
+    pub fn metadata_mut(&mut self) -> &mut MetadataMap {
+        &mut self.metadata
+    }
+
+    /// Extensions (never sent).
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Mutable extensions.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+
+    /// The message.
+    pub fn get_ref(&self) -> &T {
+        &self.message
+    }
+
+    /// Mutable message.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.message
+    }
+
+    /// Takes the message.
+    pub fn into_inner(self) -> T {
+        self.message
+    }
+
+    /// Maps the message, keeping metadata and extensions.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Response<U> {
+        Response {
+            metadata: self.metadata,
+            extensions: self.extensions,
+            message: f(self.message),
+        }
+    }
+
+    /// Splits into metadata, extensions and message.
+    pub fn into_parts(self) -> (MetadataMap, Extensions, T) {
+        (self.metadata, self.extensions, self.message)
+    }
+
+    /// Joins metadata, extensions and message.
+    pub fn from_parts(metadata: MetadataMap, extensions: Extensions, message: T) -> Self {
+        Response {
+            metadata,
+            extensions,
+            message,
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Response<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("metadata", &self.metadata)
+            .field("message", &self.message)
+            .finish()
+    }
+}

@@ -1,0 +1,821 @@
+//! One server connection: protocol detection, the frame loop, in-flight calls,
+//! timeouts, keepalive and graceful drain.
+
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tower_service::Service;
+
+use super::calls::{CallFuture, CallSet};
+use super::ServerConfig;
+use crate::body::{Body, Payload};
+use crate::frame::{
+    self, Decoded, Flags, Frame, FrameCodec, FrameHeader, FrameType, GoawayCode, Settings,
+    WriteBuf, MAGIC,
+};
+use crate::metadata::MetadataMap;
+use crate::request::{Request, Response};
+use crate::status::{BoxError, Code, Status};
+use crate::util::IdMap;
+use crate::wire;
+
+/// Stop reading new requests while this much output is waiting for the peer.
+const WRITE_HIGH_WATER: usize = 1 << 20;
+
+/// What the first bytes of a connection say it is.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Detected {
+    Trpc,
+    Http2,
+    Http1,
+    Tls,
+    Unknown,
+}
+
+/// Classifies a connection by its first bytes; `None` until enough arrived.
+pub(crate) fn detect(prefix: &[u8]) -> Option<Detected> {
+    const H2: &[u8] = b"PRI * HTTP/2.0";
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+        b"TRACE ",
+    ];
+    if prefix.len() < 2 {
+        return None;
+    }
+    if prefix[..2] == MAGIC {
+        return Some(Detected::Trpc);
+    }
+    if prefix[0] == 0x16 && prefix[1] == 0x03 {
+        return Some(Detected::Tls);
+    }
+    let n = prefix.len().min(H2.len());
+    if prefix[..n] == H2[..n] {
+        return if n == H2.len() {
+            Some(Detected::Http2)
+        } else {
+            None
+        };
+    }
+    let mut maybe_http1 = false;
+    for m in METHODS {
+        let n = prefix.len().min(m.len());
+        if prefix[..n] == m[..n] {
+            if n == m.len() {
+                return Some(Detected::Http1);
+            }
+            maybe_http1 = true;
+        }
+    }
+    if maybe_http1 {
+        None
+    } else {
+        Some(Detected::Unknown)
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve_connection<IO, S>(
+    mut io: IO,
+    peer: SocketAddr,
+    svc: S,
+    cfg: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    // Protocol detection, bounded by the handshake timeout.
+    let mut rbuf = BytesMut::with_capacity(64);
+    let detected = tokio::time::timeout(cfg.handshake_timeout, async {
+        loop {
+            if let Some(d) = detect(&rbuf) {
+                return Ok(d);
+            }
+            match io.read_buf(&mut rbuf).await {
+                Ok(0) => return Err("closed before sending anything".to_string()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    let detected = match detected {
+        Ok(Ok(d)) => d,
+        Ok(Err(why)) => {
+            tracing::debug!(%peer, why, "connection closed during detection");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "handshake timeout: no bytes received");
+            return;
+        }
+    };
+    match detected {
+        Detected::Trpc => {}
+        Detected::Http1 => {
+            tracing::warn!(%peer, "HTTP/1 request on the trpc port; answering 400");
+            let _ = io
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\
+                      content-length: 46\r\n\r\nthis port speaks the trpc protocol, not HTTP\r\n",
+                )
+                .await;
+            let _ = io.shutdown().await;
+            return;
+        }
+        Detected::Http2 => {
+            tracing::warn!(%peer, "HTTP/2 preface on the trpc port (gRPC is not enabled here); closing");
+            // An HTTP/2 GOAWAY (PROTOCOL_ERROR) so h2 clients report something sensible.
+            let _ = io
+                .write_all(&[
+                    0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+                ])
+                .await;
+            let _ = io.shutdown().await;
+            return;
+        }
+        Detected::Tls => {
+            tracing::warn!(%peer, "TLS ClientHello on a plaintext trpc port; closing");
+            // A TLS alert record: fatal, protocol_version(70) so TLS clients fail clearly.
+            let _ = io
+                .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70])
+                .await;
+            let _ = io.shutdown().await;
+            return;
+        }
+        Detected::Unknown => {
+            tracing::warn!(%peer, prefix = ?String::from_utf8_lossy(&rbuf[..rbuf.len().min(16)]), "not a trpc client (bad magic); closing");
+            let mut out = BytesMut::new();
+            frame::put_goaway(
+                &mut out,
+                0,
+                GoawayCode::ProtocolError,
+                "bad magic: not a trpc frame",
+            );
+            let _ = io.write_all(&out).await;
+            let _ = io.shutdown().await;
+            return;
+        }
+    }
+
+    let mut wbuf = WriteBuf::new();
+    wbuf.put(|b| cfg.settings().encode(b));
+    let now = Instant::now();
+    let mut conn = ServerConn {
+        io,
+        peer,
+        svc,
+        rbuf,
+        codec: FrameCodec::new()
+            .max_message(cfg.max_message)
+            .max_metadata(cfg.max_metadata),
+        wbuf,
+        calls: CallSet::new(),
+        streams: IdMap::default(),
+        pending: None,
+        highest_id: 0,
+        peer_max_message: frame::DEFAULT_MAX_MESSAGE,
+        peer_max_metadata: frame::DEFAULT_MAX_METADATA,
+        got_settings: false,
+        draining: false,
+        read_closed: false,
+        shutdown: Box::pin(shutdown.cancelled_owned()),
+        force: Box::pin(force.cancelled_owned()),
+        timer: Box::pin(tokio::time::sleep_until(now)),
+        timer_at: now,
+        started: now,
+        last_read: now,
+        last_call: now,
+        ping_sent: None,
+        mid_frame_since: None,
+        write_blocked_since: None,
+        ok: Status::new(Code::Ok, ""),
+        cfg,
+    };
+    tracing::debug!(%peer, "trpc connection opened");
+    conn.arm_timer(now);
+    let close = poll_fn(|cx| conn.poll_conn(cx)).await;
+    conn.finish(close).await;
+}
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum Close {
+    /// Drained or the client went away cleanly.
+    Graceful(&'static str),
+    /// Closed by us with a GOAWAY error.
+    Error(GoawayCode, String),
+    /// The socket failed or the peer vanished.
+    Io(String),
+    /// Forced at the end of the shutdown grace period.
+    Forced,
+}
+
+struct ServerConn<IO, S: Service<Request<Body>>> {
+    io: IO,
+    peer: SocketAddr,
+    svc: S,
+    cfg: Arc<ServerConfig>,
+    rbuf: BytesMut,
+    codec: FrameCodec,
+    wbuf: WriteBuf,
+    calls: CallSet<S::Future>,
+    streams: IdMap<usize>,
+    pending: Option<(u32, Request<Body>)>,
+    highest_id: u32,
+    peer_max_message: usize,
+    peer_max_metadata: usize,
+    got_settings: bool,
+    draining: bool,
+    read_closed: bool,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    force: Pin<Box<WaitForCancellationFutureOwned>>,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Instant,
+    started: Instant,
+    last_read: Instant,
+    last_call: Instant,
+    ping_sent: Option<Instant>,
+    mid_frame_since: Option<Instant>,
+    write_blocked_since: Option<Instant>,
+    ok: Status,
+}
+
+impl<IO, S> ServerConn<IO, S>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    async fn finish(mut self, close: Close) {
+        match &close {
+            Close::Graceful(why) => {
+                tracing::debug!(peer = %self.peer, why, "trpc connection closed")
+            }
+            Close::Error(code, msg) => {
+                tracing::warn!(peer = %self.peer, ?code, msg, "closing trpc connection");
+                let last = self.highest_id;
+                self.wbuf.put(|b| frame::put_goaway(b, last, *code, msg));
+            }
+            Close::Io(e) => tracing::debug!(peer = %self.peer, error = %e, "trpc connection lost"),
+            Close::Forced => {
+                tracing::info!(peer = %self.peer, in_flight = self.calls.len(), "shutdown grace period over; closing connection")
+            }
+        }
+        // Drop in-flight handlers now (cancellation), then flush what is left.
+        self.calls = CallSet::new();
+        self.pending = None;
+        if !matches!(close, Close::Io(_)) {
+            let io = &mut self.io;
+            let wbuf = &mut self.wbuf;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = poll_fn(|cx| wbuf.poll_flush(Pin::new(&mut *io), cx)).await;
+                let _ = io.shutdown().await;
+            })
+            .await;
+        }
+    }
+
+    fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<Close> {
+        loop {
+            let mut progress = false;
+
+            if self.force.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Close::Forced);
+            }
+            if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
+                self.start_drain("server shutting down");
+                progress = true;
+            }
+
+            // A request waiting for the service to become ready.
+            if self.pending.is_some() {
+                match self.svc.poll_ready(cx) {
+                    Poll::Ready(r) => {
+                        if let Some((id, req)) = self.pending.take() {
+                            match r {
+                                Ok(()) => self.dispatch(id, req),
+                                Err(e) => self.respond_err(id, Status::from_error(e.into())),
+                            }
+                        }
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            // Finished calls → responses.
+            {
+                let (calls, wbuf, streams) = (&mut self.calls, &mut self.wbuf, &mut self.streams);
+                let ok = &self.ok;
+                let limits = (
+                    self.peer_max_message.min(self.cfg.max_send_message),
+                    self.peer_max_metadata,
+                );
+                if calls.poll_ready(cx, |id, result| {
+                    streams.remove(&id);
+                    write_response(wbuf, id, result, ok, limits);
+                }) {
+                    progress = true;
+                }
+            }
+
+            // Read more requests unless backpressured.
+            if self.pending.is_none() && !self.read_closed && self.wbuf.len() < WRITE_HIGH_WATER {
+                if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                    self.rbuf.reserve(8 * 1024);
+                }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+                    Poll::Ready(Ok(0)) => {
+                        self.read_closed = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        self.last_read = Instant::now();
+                        if let Some(close) = self.process_frames(cx) {
+                            return Poll::Ready(close);
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Close::Io(e.to_string())),
+                    Poll::Pending => {}
+                }
+            }
+
+            // Write.
+            if !self.wbuf.is_empty() {
+                let before = self.wbuf.len();
+                match self.wbuf.poll_flush(Pin::new(&mut self.io), cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.write_blocked_since = None;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Close::Io(e.to_string())),
+                    Poll::Pending => {
+                        if self.wbuf.len() < before {
+                            self.write_blocked_since = None;
+                        } else if self.write_blocked_since.is_none() {
+                            let now = Instant::now();
+                            self.write_blocked_since = Some(now);
+                            self.ensure_timer(now + self.cfg.write_timeout);
+                        }
+                    }
+                }
+            }
+
+            // Idle: give memory back.
+            if self.calls.is_empty() && self.pending.is_none() && self.wbuf.is_empty() {
+                self.wbuf.release();
+                self.calls.shrink();
+                if self.rbuf.is_empty() && self.rbuf.capacity() > 0 && !progress {
+                    self.rbuf = BytesMut::new();
+                }
+                if self.draining {
+                    return Poll::Ready(Close::Graceful("drained"));
+                }
+                if self.read_closed {
+                    return Poll::Ready(Close::Graceful("client closed the connection"));
+                }
+            }
+
+            if self.timer.as_mut().poll(cx).is_ready() {
+                if let Some(close) = self.on_timer() {
+                    return Poll::Ready(close);
+                }
+                progress = true;
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn start_drain(&mut self, why: &str) {
+        self.draining = true;
+        let last = self.highest_id;
+        self.wbuf
+            .put(|b| frame::put_goaway(b, last, GoawayCode::NoError, why));
+        tracing::debug!(peer = %self.peer, last_stream = last, in_flight = self.calls.len(), "sent GOAWAY: {why}");
+    }
+
+    fn ensure_timer(&mut self, at: Instant) {
+        if at < self.timer_at {
+            self.timer_at = at;
+            self.timer.as_mut().reset(at);
+        }
+    }
+
+    fn arm_timer(&mut self, now: Instant) {
+        let cfg = &self.cfg;
+        let mut at = now + Duration::from_secs(3600);
+        if !self.got_settings {
+            at = at.min(self.started + cfg.handshake_timeout);
+        }
+        if let Some((interval, timeout)) = cfg.keepalive {
+            at = at.min(match self.ping_sent {
+                Some(sent) => sent + timeout,
+                None => self.last_read + interval,
+            });
+        }
+        if let Some(idle) = cfg.idle_timeout {
+            at = at.min(self.last_call + idle);
+        }
+        if let Some(since) = self.mid_frame_since {
+            at = at.min(since + cfg.frame_timeout);
+        }
+        if let Some(since) = self.write_blocked_since {
+            at = at.min(since + cfg.write_timeout);
+        }
+        self.timer_at = at.max(now);
+        self.timer.as_mut().reset(self.timer_at);
+    }
+
+    fn on_timer(&mut self) -> Option<Close> {
+        let now = Instant::now();
+        let cfg = self.cfg.clone();
+        if !self.got_settings && now >= self.started + cfg.handshake_timeout {
+            return Some(Close::Error(
+                GoawayCode::Timeout,
+                "handshake timeout: no SETTINGS received".into(),
+            ));
+        }
+        if let Some(since) = self.write_blocked_since {
+            if now >= since + cfg.write_timeout {
+                return Some(Close::Io(format!(
+                    "write timeout: peer read nothing for {}",
+                    crate::util::fmt_duration(cfg.write_timeout)
+                )));
+            }
+        }
+        if let Some(since) = self.mid_frame_since {
+            if now >= since + cfg.frame_timeout && self.last_read + cfg.frame_timeout <= now {
+                return Some(Close::Error(
+                    GoawayCode::Timeout,
+                    format!(
+                        "read timeout: incomplete frame and no bytes for {}",
+                        crate::util::fmt_duration(cfg.frame_timeout)
+                    ),
+                ));
+            }
+            if now >= since + cfg.frame_timeout {
+                // Still making progress: check again later.
+                self.mid_frame_since = Some(self.last_read);
+            }
+        }
+        if let Some(idle) = cfg.idle_timeout {
+            if self.calls.is_empty()
+                && self.pending.is_none()
+                && now >= self.last_call + idle
+                && !self.draining
+            {
+                self.start_drain("idle timeout");
+            }
+        }
+        if let Some((interval, timeout)) = cfg.keepalive {
+            if let Some(sent) = self.ping_sent {
+                if self.last_read > sent {
+                    self.ping_sent = None;
+                } else if now >= sent + timeout {
+                    return Some(Close::Io(format!(
+                        "keepalive timeout: no answer to PING within {}",
+                        crate::util::fmt_duration(timeout)
+                    )));
+                }
+            }
+            if self.ping_sent.is_none() && now >= self.last_read + interval {
+                self.wbuf
+                    .put(|b| frame::put_ping(b, false, [0x74, 0x52, 0, 0, 0, 0, 0, 1]));
+                self.ping_sent = Some(now);
+            }
+        }
+        self.arm_timer(now);
+        None
+    }
+
+    /// Decodes and applies every complete frame; stops early when a request is
+    /// waiting for the service to become ready.
+    fn process_frames(&mut self, cx: &mut Context<'_>) -> Option<Close> {
+        while self.pending.is_none() {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(Decoded::Frame(f))) => {
+                    if let Some(close) = self.on_frame(f, cx) {
+                        return Some(close);
+                    }
+                }
+                Ok(Some(Decoded::TooLarge(h))) => {
+                    if let Some(close) = self.on_too_large(h) {
+                        return Some(close);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Some(Close::Error(GoawayCode::ProtocolError, e.to_string()));
+                }
+            }
+        }
+        if self.codec.is_mid_frame(&self.rbuf) {
+            if self.mid_frame_since.is_none() {
+                self.mid_frame_since = Some(self.last_read);
+                self.ensure_timer(self.last_read + self.cfg.frame_timeout);
+            }
+        } else {
+            self.mid_frame_since = None;
+        }
+        None
+    }
+
+    fn on_too_large(&mut self, h: FrameHeader) -> Option<Close> {
+        let id = h.stream_id;
+        let what = if h.metadata_len as usize > self.codec.max_metadata_len() {
+            format!(
+                "request metadata of {} bytes exceeds the limit of {} bytes",
+                h.metadata_len,
+                self.codec.max_metadata_len()
+            )
+        } else {
+            format!(
+                "request message of {} bytes exceeds the limit of {} bytes",
+                h.payload_len,
+                self.codec.max_message_len()
+            )
+        };
+        tracing::debug!(peer = %self.peer, stream = id, "{what}");
+        match h.frame_type() {
+            Some(FrameType::Headers) => {
+                if let Some(close) = self.check_new_stream_id(id) {
+                    return Some(close);
+                }
+                self.respond_err(id, Status::resource_exhausted(what));
+            }
+            Some(FrameType::Data) => {
+                if let Some(idx) = self.streams.remove(&id) {
+                    self.calls.remove(idx);
+                    self.respond_err(id, Status::resource_exhausted(what));
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn check_new_stream_id(&mut self, id: u32) -> Option<Close> {
+        if id == 0 || id % 2 == 0 || id <= self.highest_id {
+            return Some(Close::Error(
+                GoawayCode::ProtocolError,
+                format!(
+                    "stream id {id} is not odd and greater than the last one ({})",
+                    self.highest_id
+                ),
+            ));
+        }
+        self.highest_id = id;
+        None
+    }
+
+    fn on_frame(&mut self, f: Frame, cx: &mut Context<'_>) -> Option<Close> {
+        let kind = f.frame_type();
+        if !self.got_settings {
+            if kind != Some(FrameType::Settings) {
+                return Some(Close::Error(
+                    GoawayCode::ProtocolError,
+                    format!("first frame must be SETTINGS, got {:?}", f),
+                ));
+            }
+            self.got_settings = true;
+        }
+        match kind {
+            Some(FrameType::Headers) => return self.on_headers(f, cx),
+            Some(FrameType::Cancel) => {
+                let id = f.stream_id();
+                if let Some(idx) = self.streams.remove(&id) {
+                    self.calls.remove(idx);
+                    tracing::debug!(peer = %self.peer, stream = id, "call cancelled by the client");
+                }
+            }
+            Some(FrameType::Ping) => {
+                let mut data = [0u8; 8];
+                let n = f.payload.len().min(8);
+                data[..n].copy_from_slice(&f.payload[..n]);
+                self.wbuf.put(|b| frame::put_ping(b, true, data));
+            }
+            Some(FrameType::Pong) => self.ping_sent = None,
+            Some(FrameType::Settings) => match Settings::parse(&f.payload) {
+                Some(s) => {
+                    if let Some(v) = s.max_message_size {
+                        self.peer_max_message = v as usize;
+                    }
+                    if let Some(v) = s.max_metadata_size {
+                        self.peer_max_metadata = v as usize;
+                    }
+                }
+                None => {
+                    return Some(Close::Error(
+                        GoawayCode::ProtocolError,
+                        "malformed SETTINGS payload".into(),
+                    ))
+                }
+            },
+            Some(FrameType::Goaway) => {
+                tracing::debug!(peer = %self.peer, "client sent GOAWAY");
+            }
+            // Streaming frames for streams this connection does not know (or no
+            // longer knows: finished or cancelled) are ignored.
+            Some(FrameType::Data | FrameType::Trailers | FrameType::WindowUpdate) => {}
+            None => {
+                tracing::trace!(peer = %self.peer, kind = f.header.kind, "ignoring unknown frame type");
+            }
+        }
+        None
+    }
+
+    fn on_headers(&mut self, f: Frame, cx: &mut Context<'_>) -> Option<Close> {
+        let id = f.stream_id();
+        if let Some(close) = self.check_new_stream_id(id) {
+            return Some(close);
+        }
+        self.last_call = self.last_read;
+        if self.draining {
+            self.respond_err(
+                id,
+                Status::unavailable("server is shutting down; call not processed")
+                    .with_refused(true),
+            );
+            return None;
+        }
+        if self.calls.len() >= self.cfg.max_concurrent_streams as usize {
+            self.respond_err(
+                id,
+                Status::resource_exhausted(format!(
+                    "too many concurrent calls on this connection (limit {})",
+                    self.cfg.max_concurrent_streams
+                ))
+                .with_refused(true),
+            );
+            return None;
+        }
+        let flags = f.flags();
+        if !flags.contains(Flags::END_STREAM) {
+            self.respond_err(
+                id,
+                Status::unimplemented("streaming requests are not supported by this server"),
+            );
+            return None;
+        }
+        let head = match wire::decode_request_head(f.metadata) {
+            Ok(h) => h,
+            Err(status) => {
+                tracing::debug!(peer = %self.peer, stream = id, %status, "bad request headers");
+                self.respond_err(id, status);
+                return None;
+            }
+        };
+        let body = if flags.contains(Flags::MESSAGE) {
+            Body::once(Payload {
+                bytes: f.payload,
+                compressed: flags.contains(Flags::COMPRESSED),
+            })
+        } else {
+            Body::empty()
+        };
+        let mut req = Request::new(body).with_method(head.method);
+        *req.metadata_mut() = head.metadata;
+        req.set_remote_addr(Some(self.peer));
+        let server_deadline = self.cfg.timeout.map(|t| self.last_read + t);
+        let client_deadline = head.timeout.map(|t| self.last_read + t);
+        let deadline = match (server_deadline, client_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        req.replace_deadline(deadline);
+
+        match self.svc.poll_ready(cx) {
+            Poll::Ready(Ok(())) => self.dispatch(id, req),
+            Poll::Ready(Err(e)) => self.respond_err(id, Status::from_error(e.into())),
+            Poll::Pending => self.pending = Some((id, req)),
+        }
+        None
+    }
+
+    fn dispatch(&mut self, id: u32, req: Request<Body>) {
+        let deadline = req.deadline();
+        let method = req.method().clone();
+        let fut = CallFuture::new(self.svc.call(req), deadline, method);
+        match self.calls.push(id, fut) {
+            Ok(idx) => {
+                self.streams.insert(id, idx);
+            }
+            Err(result) => {
+                let limits = (
+                    self.peer_max_message.min(self.cfg.max_send_message),
+                    self.peer_max_metadata,
+                );
+                write_response(&mut self.wbuf, id, result, &self.ok, limits);
+            }
+        }
+    }
+
+    fn respond_err(&mut self, id: u32, status: Status) {
+        wire::put_response_headers(
+            &mut self.wbuf,
+            id,
+            &MetadataMap::new(),
+            None,
+            Some(&status),
+            self.peer_max_metadata,
+        );
+    }
+}
+
+/// Encodes a finished call's outcome.
+fn write_response(
+    wbuf: &mut WriteBuf,
+    id: u32,
+    result: Result<Response<Body>, Status>,
+    ok: &Status,
+    (max_message, max_metadata): (usize, usize),
+) {
+    let status = match result {
+        Ok(resp) => {
+            let (metadata, _ext, body) = resp.into_parts();
+            match body.into_once() {
+                Ok(p) if p.len() <= max_message => {
+                    wire::put_response_headers(
+                        wbuf,
+                        id,
+                        &metadata,
+                        Some(&p),
+                        Some(ok),
+                        max_metadata,
+                    );
+                    return;
+                }
+                Ok(p) => Status::resource_exhausted(format!(
+                    "response message of {} bytes exceeds the limit of {max_message} bytes",
+                    p.len()
+                )),
+                Err(body) if body.is_stream() => {
+                    Status::unimplemented("streaming responses are not supported by this server")
+                }
+                Err(_) => {
+                    wire::put_response_headers(wbuf, id, &metadata, None, Some(ok), max_metadata);
+                    return;
+                }
+            }
+        }
+        Err(status) => status,
+    };
+    if matches!(
+        status.code(),
+        Code::Internal | Code::Unknown | Code::DataLoss
+    ) {
+        tracing::warn!(stream = id, %status, "call failed");
+    } else {
+        tracing::debug!(stream = id, %status, "call failed");
+    }
+    wire::put_response_headers(
+        wbuf,
+        id,
+        &MetadataMap::new(),
+        None,
+        Some(&status),
+        max_metadata,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_protocols_from_prefixes() {
+        assert_eq!(detect(b"t"), None);
+        assert_eq!(detect(b"tR\x01"), Some(Detected::Trpc));
+        assert_eq!(detect(b"GE"), None);
+        assert_eq!(detect(b"GET /"), Some(Detected::Http1));
+        assert_eq!(detect(b"PRI * HTTP/2.0\r\n"), Some(Detected::Http2));
+        assert_eq!(detect(b"PRI * HT"), None);
+        assert_eq!(detect(&[0x16, 0x03, 0x01]), Some(Detected::Tls));
+        assert_eq!(detect(b"\xff\xff"), Some(Detected::Unknown));
+        assert_eq!(detect(b"Gx"), Some(Detected::Unknown));
+    }
+}

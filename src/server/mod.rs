@@ -1,0 +1,370 @@
+//! The server: [`Server::builder`] with tower layers, a [`Router`] of handlers,
+//! and graceful shutdown.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use trpc::{server::{unary, Router, Server}, Request, Response, Status};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Msg { message: String }
+//!
+//! async fn say(req: Request<Msg>) -> Result<Response<Msg>, Status> {
+//!     Ok(Response::new(req.into_inner()))
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let router = Router::new().route("echo.Echo/Say", unary(say));
+//! Server::builder()
+//!     .timeout(Duration::from_secs(5))
+//!     .layer(tower::limit::ConcurrencyLimitLayer::new(1024))
+//!     .serve("127.0.0.1:7000".parse().unwrap(), router) // until SIGINT/SIGTERM
+//!     .await
+//! # }
+//! ```
+
+mod calls;
+mod conn;
+mod router;
+
+pub use router::{unary, BoxFuture, Handler, RouteFuture, Router, Unary};
+
+use std::future::{pending, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::layer::util::{Identity, Stack};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::Body;
+use crate::frame::{self, Settings};
+use crate::request::{Request, Response};
+use crate::status::BoxError;
+
+/// Server limits and timeouts (docs/LIMITS.md lists each with its default).
+#[derive(Clone, Debug)]
+pub(crate) struct ServerConfig {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max_message: usize,
+    pub(crate) max_send_message: usize,
+    pub(crate) max_metadata: usize,
+    pub(crate) max_concurrent_streams: u32,
+    pub(crate) max_connections: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) frame_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) keepalive: Option<(Duration, Duration)>,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) tcp_nodelay: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            timeout: None,
+            max_message: frame::DEFAULT_MAX_MESSAGE,
+            max_send_message: frame::DEFAULT_MAX_MESSAGE,
+            max_metadata: frame::DEFAULT_MAX_METADATA,
+            max_concurrent_streams: 1024,
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
+            keepalive: Some((Duration::from_secs(60), Duration::from_secs(20))),
+            shutdown_grace: Duration::from_secs(10),
+            tcp_nodelay: true,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            max_concurrent_streams: Some(self.max_concurrent_streams),
+            max_message_size: Some(self.max_message.min(u32::MAX as usize) as u32),
+            max_metadata_size: Some(self.max_metadata.min(u32::MAX as usize) as u32),
+            ..Settings::default()
+        }
+    }
+}
+
+/// Builds and runs a trpc server.
+///
+/// Layers added with [`Server::layer`] wrap the service passed to `serve`
+/// (usually a [`Router`]); the first layer added is the outermost, as with
+/// `tower::ServiceBuilder`. Each connection gets its own clone of the stack.
+#[derive(Clone, Debug)]
+pub struct Server<L = Identity> {
+    config: ServerConfig,
+    layer: L,
+}
+
+impl Server<Identity> {
+    /// A server with default settings and no layers.
+    pub fn builder() -> Self {
+        Server {
+            config: ServerConfig::default(),
+            layer: Identity::new(),
+        }
+    }
+}
+
+impl Default for Server<Identity> {
+    fn default() -> Self {
+        Server::builder()
+    }
+}
+
+impl<L> Server<L> {
+    /// Adds a tower layer (inside the ones added before).
+    pub fn layer<N>(self, layer: N) -> Server<Stack<N, L>> {
+        Server {
+            config: self.config,
+            layer: Stack::new(layer, self.layer),
+        }
+    }
+
+    /// A deadline for every call: handlers see min(caller's deadline, this) and
+    /// are dropped when it passes (default: only the caller's deadline).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.config.timeout = Some(d);
+        self
+    }
+
+    /// Largest request message accepted and response message sent (default 4 MiB).
+    pub fn max_message_size(mut self, n: usize) -> Self {
+        self.config.max_message = n;
+        self.config.max_send_message = n;
+        self
+    }
+
+    /// Largest response message sent (default: `max_message_size`).
+    pub fn max_send_message_size(mut self, n: usize) -> Self {
+        self.config.max_send_message = n;
+        self
+    }
+
+    /// Largest request metadata block accepted (default 16 KiB).
+    pub fn max_metadata_size(mut self, n: usize) -> Self {
+        self.config.max_metadata = n.min(frame::MAX_METADATA_FIELD);
+        self
+    }
+
+    /// Most calls in flight on one connection (default 1024); more are refused
+    /// with `ResourceExhausted`.
+    pub fn max_concurrent_streams(mut self, n: u32) -> Self {
+        self.config.max_concurrent_streams = n.max(1);
+        self
+    }
+
+    /// Most open connections (default 10,000); more are closed at accept.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n.max(1);
+        self
+    }
+
+    /// Time for a new connection to identify itself and send SETTINGS (default 10 s).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.config.handshake_timeout = d;
+        self
+    }
+
+    /// A connection holding a partial frame must receive more bytes within
+    /// this time (default 30 s): slow-loris protection.
+    pub fn frame_timeout(mut self, d: Duration) -> Self {
+        self.config.frame_timeout = d;
+        self
+    }
+
+    /// A peer that accepts none of our output for this long is dropped
+    /// (default 30 s).
+    pub fn write_timeout(mut self, d: Duration) -> Self {
+        self.config.write_timeout = d;
+        self
+    }
+
+    /// Closes (GOAWAY) a connection with no call for this long (default 10 min).
+    pub fn idle_timeout(mut self, d: Option<Duration>) -> Self {
+        self.config.idle_timeout = d;
+        self
+    }
+
+    /// PING a silent client after `interval`; close when no answer arrives
+    /// within `timeout` (default 60 s / 20 s). `None` disables.
+    pub fn keepalive(mut self, keepalive: Option<(Duration, Duration)>) -> Self {
+        self.config.keepalive = keepalive;
+        self
+    }
+
+    /// How long shutdown waits for in-flight calls before closing connections
+    /// anyway (default 10 s).
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.config.shutdown_grace = d;
+        self
+    }
+
+    /// TCP_NODELAY on accepted connections (default on).
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.config.tcp_nodelay = on;
+        self
+    }
+
+    /// Serves on `addr` until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn serve<S>(self, addr: SocketAddr, svc: S) -> io::Result<()>
+    where
+        L: Layer<S>,
+        L::Service: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+        <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
+        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+    {
+        self.serve_with_shutdown(addr, svc, shutdown_signal()).await
+    }
+
+    /// Serves on `addr` until `signal` completes, then shuts down gracefully.
+    pub async fn serve_with_shutdown<S, F>(
+        self,
+        addr: SocketAddr,
+        svc: S,
+        signal: F,
+    ) -> io::Result<()>
+    where
+        L: Layer<S>,
+        L::Service: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+        <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
+        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+        F: Future<Output = ()>,
+    {
+        let listener = TcpListener::bind(addr).await?;
+        self.serve_with_listener(listener, svc, signal).await
+    }
+
+    /// Serves connections from `listener` until `signal` completes.
+    ///
+    /// Shutdown: stop accepting, send GOAWAY on every connection (clients send
+    /// new calls elsewhere), let in-flight calls finish, and after the grace
+    /// period close whatever is left.
+    pub async fn serve_with_listener<S, F>(
+        self,
+        listener: TcpListener,
+        svc: S,
+        signal: F,
+    ) -> io::Result<()>
+    where
+        L: Layer<S>,
+        L::Service: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+        <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
+        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+        F: Future<Output = ()>,
+    {
+        let svc = self.layer.layer(svc);
+        let cfg = Arc::new(self.config);
+        let shutdown = CancellationToken::new();
+        let force = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let open = Arc::new(AtomicUsize::new(0));
+        let local = listener.local_addr()?;
+        tracing::info!(%local, "trpc server listening");
+        tokio::pin!(signal);
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut signal => break,
+                r = listener.accept() => r,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if open.load(Ordering::Relaxed) >= cfg.max_connections {
+                tracing::warn!(%peer, limit = cfg.max_connections, "connection limit reached; closing new connection");
+                drop(tcp);
+                continue;
+            }
+            if cfg.tcp_nodelay {
+                let _ = tcp.set_nodelay(true);
+            }
+            let guard = ConnCount::new(open.clone());
+            let fut = conn::serve_connection(
+                tcp,
+                peer,
+                svc.clone(),
+                cfg.clone(),
+                shutdown.clone(),
+                force.clone(),
+            );
+            tracker.spawn(async move {
+                fut.await;
+                drop(guard);
+            });
+        }
+        drop(listener);
+        let in_flight = open.load(Ordering::Relaxed);
+        tracing::info!(
+            connections = in_flight,
+            "shutting down: stopped accepting, draining connections"
+        );
+        shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?cfg.shutdown_grace, "grace period over; closing remaining connections");
+            force.cancel();
+            tracker.wait().await;
+        }
+        tracing::info!("trpc server stopped");
+        Ok(())
+    }
+}
+
+struct ConnCount(Arc<AtomicUsize>);
+
+impl ConnCount {
+    fn new(c: Arc<AtomicUsize>) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        ConnCount(c)
+    }
+}
+
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

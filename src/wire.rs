@@ -1,0 +1,462 @@
+//! Call-level encoding on top of frames: the pseudo-headers of HEADERS and
+//! TRAILERS blocks (`:path`, `:timeout`, `:status`, ...) and user metadata.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::body::Payload;
+use crate::frame::{put_header, Flags, FrameType, WriteBuf, HEADER_LEN};
+use crate::metadata::{self, encode_entry, entry_len, BlockIter, MetadataMap};
+use crate::request::Method;
+use crate::status::{Code, Status};
+
+pub(crate) const PATH: &[u8] = b":path";
+pub(crate) const TIMEOUT: &[u8] = b":timeout";
+pub(crate) const STATUS: &[u8] = b":status";
+pub(crate) const MESSAGE: &[u8] = b":message";
+pub(crate) const DETAILS: &[u8] = b":details";
+pub(crate) const REFUSED: &[u8] = b":refused";
+
+/// Status messages longer than this are truncated when sent.
+const MAX_STATUS_MESSAGE: usize = 4 * 1024;
+
+/// A request's HEADERS block, decoded.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    pub(crate) method: Method,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) metadata: MetadataMap,
+}
+
+/// A response HEADERS or TRAILERS block, decoded.
+#[derive(Debug, Default)]
+pub(crate) struct ResponseHead {
+    pub(crate) metadata: MetadataMap,
+    pub(crate) code: Option<Code>,
+    pub(crate) message: Bytes,
+    pub(crate) details: Bytes,
+    pub(crate) refused: bool,
+}
+
+impl ResponseHead {
+    /// The status this block carries, or an error if it has none.
+    pub(crate) fn into_status(self) -> Status {
+        let Some(code) = self.code else {
+            return Status::internal("protocol error: stream ended without a :status");
+        };
+        let message = String::from_utf8_lossy(&self.message).into_owned();
+        Status::new(code, message)
+            .with_details(self.details)
+            .with_metadata(self.metadata)
+            .with_refused(self.refused)
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("malformed metadata: {e}"))
+}
+
+/// Decodes a request HEADERS block. Errors are for that call only.
+pub(crate) fn decode_request_head(block: Bytes) -> Result<RequestHead, Status> {
+    let mut method = None;
+    let mut timeout = None;
+    let mut metadata = MetadataMap::new();
+    for entry in BlockIter::new(block) {
+        let (key, value) = entry.map_err(bad)?;
+        if key.first() == Some(&b':') {
+            match &key[..] {
+                PATH => method = Some(Method::from_bytes(value)?),
+                TIMEOUT => {
+                    let micros = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| bad(":timeout is not a decimal number of microseconds"))?;
+                    timeout = Some(Duration::from_micros(micros));
+                }
+                _ => {} // unknown pseudo-headers are ignored
+            }
+        } else {
+            metadata::push_wire_entry(&mut metadata, key, value).map_err(bad)?;
+        }
+    }
+    let method = method.ok_or_else(|| Status::invalid_argument("request without :path"))?;
+    Ok(RequestHead {
+        method,
+        timeout,
+        metadata,
+    })
+}
+
+/// Decodes a response HEADERS or TRAILERS block.
+pub(crate) fn decode_response_head(block: Bytes) -> Result<ResponseHead, Status> {
+    let mut head = ResponseHead::default();
+    for entry in BlockIter::new(block) {
+        let (key, value) = entry.map_err(internal_bad)?;
+        if key.first() == Some(&b':') {
+            match &key[..] {
+                STATUS => {
+                    let n = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|s| s.parse::<u32>().ok())
+                        .ok_or_else(|| internal_bad(":status is not a number"))?;
+                    head.code = Some(Code::from_u32(n));
+                }
+                MESSAGE => head.message = value,
+                DETAILS => head.details = value,
+                REFUSED => head.refused = &value[..] == b"1",
+                _ => {}
+            }
+        } else {
+            metadata::push_wire_entry(&mut head.metadata, key, value).map_err(internal_bad)?;
+        }
+    }
+    Ok(head)
+}
+
+fn internal_bad(e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("malformed response metadata: {e}"))
+}
+
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Encodes a client's opening HEADERS frame. `payload` is the first (and for
+/// unary calls only) message. Fails with `ResourceExhausted` when the metadata
+/// block would exceed `max_metadata`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn put_request_headers(
+    wb: &mut WriteBuf,
+    stream_id: u32,
+    method: &Method,
+    timeout: Option<Duration>,
+    metadata: &MetadataMap,
+    payload: Option<&Payload>,
+    end_stream: bool,
+    max_metadata: usize,
+) -> Result<(), Status> {
+    let mut num = [0u8; 20];
+    let timeout_digits =
+        timeout.map(|t| decimal(t.as_micros().min(u64::MAX as u128) as u64, &mut num));
+    let mut meta_len = entry_len(PATH.len(), method.as_bytes().len()) + metadata.encoded_len();
+    if let Some(d) = timeout_digits {
+        meta_len += entry_len(TIMEOUT.len(), d.len());
+    }
+    if meta_len > max_metadata {
+        return Err(Status::resource_exhausted(format!(
+            "request metadata of {meta_len} bytes exceeds the limit of {max_metadata} bytes"
+        )));
+    }
+    let flags = Flags::NONE
+        .with_if(Flags::END_STREAM, end_stream)
+        .with_if(Flags::MESSAGE, payload.is_some())
+        .with_if(Flags::COMPRESSED, payload.is_some_and(|p| p.compressed));
+    let payload_len = payload.map_or(0, |p| p.len());
+    wb.put(|b| {
+        b.reserve(HEADER_LEN + meta_len);
+        put_header(
+            b,
+            FrameType::Headers,
+            flags,
+            stream_id,
+            meta_len,
+            payload_len,
+        );
+        encode_entry(b, PATH, method.as_bytes());
+        if let Some(d) = timeout_digits {
+            encode_entry(b, TIMEOUT, d);
+        }
+        metadata.encode(b);
+    });
+    if let Some(p) = payload {
+        wb.put_payload(&p.bytes);
+    }
+    Ok(())
+}
+
+/// Encodes a DATA frame carrying one message.
+pub(crate) fn put_data(wb: &mut WriteBuf, stream_id: u32, payload: &Payload, end_stream: bool) {
+    let flags = Flags::NONE
+        .with_if(Flags::END_STREAM, end_stream)
+        .with_if(Flags::COMPRESSED, payload.compressed);
+    wb.put(|b| put_header(b, FrameType::Data, flags, stream_id, 0, payload.len()));
+    wb.put_payload(&payload.bytes);
+}
+
+/// Encodes a server's HEADERS frame: response metadata, optionally a message,
+/// and when `status` is given also the end of the stream (headers, message and
+/// trailers in one frame — the unary fast path).
+///
+/// If the block would exceed `max_metadata` (the peer's limit), the metadata is
+/// dropped and the status replaced by `Internal`, so the caller still learns
+/// what happened.
+pub(crate) fn put_response_headers(
+    wb: &mut WriteBuf,
+    stream_id: u32,
+    metadata: &MetadataMap,
+    payload: Option<&Payload>,
+    status: Option<&Status>,
+    max_metadata: usize,
+) {
+    let fallback;
+    let mut metadata = metadata;
+    let mut status = status;
+    let mut payload = payload;
+    let empty = MetadataMap::new();
+    let mut meta_len = response_block_len(metadata, status);
+    if meta_len > max_metadata {
+        fallback = Status::internal(format!(
+            "response metadata of {meta_len} bytes exceeds the peer's limit of {max_metadata} bytes"
+        ));
+        metadata = &empty;
+        status = Some(&fallback);
+        payload = None;
+        meta_len = response_block_len(metadata, status);
+    }
+    let flags = Flags::NONE
+        .with_if(Flags::END_STREAM, status.is_some())
+        .with_if(Flags::MESSAGE, payload.is_some())
+        .with_if(Flags::COMPRESSED, payload.is_some_and(|p| p.compressed));
+    let payload_len = payload.map_or(0, |p| p.len());
+    wb.put(|b| {
+        b.reserve(HEADER_LEN + meta_len);
+        put_header(
+            b,
+            FrameType::Headers,
+            flags,
+            stream_id,
+            meta_len,
+            payload_len,
+        );
+        put_status_entries(b, status);
+        metadata.encode(b);
+    });
+    if let Some(p) = payload {
+        wb.put_payload(&p.bytes);
+    }
+}
+
+/// Encodes a TRAILERS frame ending a stream with `status` (server) or just
+/// half-closing it (client, `status` = None).
+pub(crate) fn put_trailers(
+    wb: &mut WriteBuf,
+    stream_id: u32,
+    status: Option<&Status>,
+    max_metadata: usize,
+) {
+    let empty = MetadataMap::new();
+    let fallback;
+    let mut status = status;
+    let mut meta_len = response_block_len(&empty, status);
+    if meta_len > max_metadata {
+        fallback = Status::internal(format!(
+            "trailers of {meta_len} bytes exceed the peer's limit of {max_metadata} bytes"
+        ));
+        status = Some(&fallback);
+        meta_len = response_block_len(&empty, status);
+    }
+    wb.put(|b| {
+        put_header(
+            b,
+            FrameType::Trailers,
+            Flags::END_STREAM,
+            stream_id,
+            meta_len,
+            0,
+        );
+        put_status_entries(b, status);
+    });
+}
+
+fn status_message(s: &Status) -> &[u8] {
+    let m = s.message().as_bytes();
+    &m[..m.len().min(MAX_STATUS_MESSAGE)]
+}
+
+fn response_block_len(metadata: &MetadataMap, status: Option<&Status>) -> usize {
+    let mut n = metadata.encoded_len();
+    if let Some(s) = status {
+        let mut num = [0u8; 20];
+        n += entry_len(STATUS.len(), decimal(s.code() as u64, &mut num).len());
+        if !s.message().is_empty() {
+            n += entry_len(MESSAGE.len(), status_message(s).len());
+        }
+        if !s.details().is_empty() {
+            n += entry_len(DETAILS.len(), s.details().len());
+        }
+        if s.is_refused() {
+            n += entry_len(REFUSED.len(), 1);
+        }
+        n += s.metadata().encoded_len();
+    }
+    n
+}
+
+fn put_status_entries(b: &mut BytesMut, status: Option<&Status>) {
+    if let Some(s) = status {
+        let mut num = [0u8; 20];
+        encode_entry(b, STATUS, decimal(s.code() as u64, &mut num));
+        if !s.message().is_empty() {
+            encode_entry(b, MESSAGE, status_message(s));
+        }
+        if !s.details().is_empty() {
+            encode_entry(b, DETAILS, s.details());
+        }
+        if s.is_refused() {
+            encode_entry(b, REFUSED, b"1");
+        }
+        s.metadata().encode(b);
+    }
+}
+
+/// Encodes a CANCEL frame.
+pub(crate) fn put_cancel(wb: &mut WriteBuf, stream_id: u32, code: Code) {
+    wb.put(|b| crate::frame::put_cancel(b, stream_id, code));
+}
+
+/// Reads the status code of a CANCEL payload (CANCELLED when absent).
+pub(crate) fn cancel_code(payload: &[u8]) -> Code {
+    match payload.get(..4) {
+        Some(b) => Code::from_u32(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+        None => Code::Cancelled,
+    }
+}
+
+/// Reads a WINDOW_UPDATE increment.
+pub(crate) fn window_increment(payload: &[u8]) -> Option<u32> {
+    let b = payload.get(..4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Appends a u32 to a buffer (for tests building raw frames).
+#[allow(dead_code)]
+pub(crate) fn put_u32(b: &mut BytesMut, v: u32) {
+    b.put_u32(v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Decoded, FrameCodec};
+    use tokio_util::codec::Decoder;
+
+    fn drain(wb: &mut WriteBuf) -> BytesMut {
+        let mut out: Vec<u8> = Vec::new();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(wb
+            .poll_flush(std::pin::Pin::new(&mut out), &mut cx)
+            .is_ready());
+        BytesMut::from(&out[..])
+    }
+
+    #[test]
+    fn request_headers_round_trip() {
+        let mut md = MetadataMap::new();
+        md.insert("x-a", "1");
+        let mut wb = WriteBuf::new();
+        put_request_headers(
+            &mut wb,
+            5,
+            &Method::from_static("pkg.S/M"),
+            Some(Duration::from_millis(1500)),
+            &md,
+            Some(&Payload::new("body")),
+            true,
+            16 * 1024,
+        )
+        .unwrap();
+        let mut bytes = drain(&mut wb);
+        let Some(Decoded::Frame(f)) = FrameCodec::new().decode(&mut bytes).unwrap() else {
+            panic!("no frame")
+        };
+        assert_eq!(f.stream_id(), 5);
+        assert!(f.flags().contains(Flags::END_STREAM.with(Flags::MESSAGE)));
+        assert_eq!(f.payload, "body");
+        let head = decode_request_head(f.metadata).unwrap();
+        assert_eq!(head.method.as_str(), "pkg.S/M");
+        assert_eq!(head.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(head.metadata, md);
+    }
+
+    #[test]
+    fn oversized_request_metadata_is_refused_locally() {
+        let mut md = MetadataMap::new();
+        md.insert("big", "x".repeat(100));
+        let mut wb = WriteBuf::new();
+        let err = put_request_headers(
+            &mut wb,
+            1,
+            &Method::from_static("a/b"),
+            None,
+            &md,
+            None,
+            true,
+            64,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert!(wb.is_empty());
+    }
+
+    #[test]
+    fn error_status_round_trips_with_details_and_trailers() {
+        let mut trailers = MetadataMap::new();
+        trailers.insert("retry-after", "3");
+        let status = Status::unavailable("busy")
+            .with_details(Bytes::from_static(b"\x00\x01"))
+            .with_metadata(trailers.clone())
+            .with_refused(true);
+        let mut wb = WriteBuf::new();
+        put_response_headers(
+            &mut wb,
+            9,
+            &MetadataMap::new(),
+            None,
+            Some(&status),
+            16 * 1024,
+        );
+        let mut bytes = drain(&mut wb);
+        let Some(Decoded::Frame(f)) = FrameCodec::new().decode(&mut bytes).unwrap() else {
+            panic!("no frame")
+        };
+        let back = decode_response_head(f.metadata).unwrap().into_status();
+        assert_eq!(back.code(), Code::Unavailable);
+        assert_eq!(back.message(), "busy");
+        assert_eq!(&back.details()[..], b"\x00\x01");
+        assert_eq!(back.metadata(), &trailers);
+        assert!(back.is_refused());
+    }
+
+    #[test]
+    fn response_metadata_over_peer_limit_becomes_internal() {
+        let mut md = MetadataMap::new();
+        md.insert("big", "x".repeat(500));
+        let mut wb = WriteBuf::new();
+        put_response_headers(
+            &mut wb,
+            1,
+            &md,
+            Some(&Payload::new("p")),
+            Some(&Status::new(Code::Ok, "")),
+            128,
+        );
+        let mut bytes = drain(&mut wb);
+        let Some(Decoded::Frame(f)) = FrameCodec::new().decode(&mut bytes).unwrap() else {
+            panic!("no frame")
+        };
+        assert!(f.payload.is_empty());
+        let st = decode_response_head(f.metadata).unwrap().into_status();
+        assert_eq!(st.code(), Code::Internal);
+    }
+}
