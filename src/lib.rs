@@ -47,6 +47,7 @@ pub mod frame;
 pub mod metadata;
 pub mod request;
 pub mod server;
+pub mod stats;
 pub mod status;
 #[doc(hidden)]
 pub mod util;

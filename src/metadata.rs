@@ -358,7 +358,7 @@ impl BlockIter {
             self.pos = src.len();
             return Err(InvalidMetadata::new("bad value length"));
         };
-        let value_end = pos.checked_add(value_len as usize).unwrap_or(usize::MAX);
+        let value_end = pos.saturating_add(value_len as usize);
         if value_end > src.len() {
             self.pos = src.len();
             return Err(InvalidMetadata::new("value runs past the end of the block"));

@@ -96,6 +96,7 @@ pub struct Request<T> {
     metadata: MetadataMap,
     deadline: Option<Instant>,
     remote_addr: Option<SocketAddr>,
+    stream_id: u32,
     extensions: Extensions,
     message: T,
 }
@@ -108,9 +109,21 @@ impl<T> Request<T> {
             metadata: MetadataMap::new(),
             deadline: None,
             remote_addr: None,
+            stream_id: 0,
             extensions: Extensions::new(),
             message,
         }
+    }
+
+    /// The stream id of the call on its connection (set by the server; 0 when
+    /// unknown). Useful in logs together with the peer address.
+    pub fn stream_id(&self) -> u32 {
+        self.stream_id
+    }
+
+    /// Sets the stream id.
+    pub fn set_stream_id(&mut self, id: u32) {
+        self.stream_id = id;
     }
 
     /// Sets the method (builder style).
@@ -218,6 +231,7 @@ impl<T> Request<T> {
                 metadata: self.metadata,
                 deadline: self.deadline,
                 remote_addr: self.remote_addr,
+                stream_id: self.stream_id,
                 extensions: self.extensions,
             },
             self.message,
@@ -231,6 +245,7 @@ impl<T> Request<T> {
             metadata: parts.metadata,
             deadline: parts.deadline,
             remote_addr: parts.remote_addr,
+            stream_id: parts.stream_id,
             extensions: parts.extensions,
             message,
         }
@@ -246,6 +261,7 @@ impl Request<Body> {
             metadata: self.metadata.clone(),
             deadline: self.deadline,
             remote_addr: self.remote_addr,
+            stream_id: self.stream_id,
             extensions: self.extensions.clone(),
             message: self.message.try_clone()?,
         })
@@ -275,6 +291,8 @@ pub struct RequestParts {
     pub deadline: Option<Instant>,
     /// The peer address.
     pub remote_addr: Option<SocketAddr>,
+    /// The stream id (server side).
+    pub stream_id: u32,
     /// Extensions.
     pub extensions: Extensions,
 }

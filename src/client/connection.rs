@@ -366,7 +366,11 @@ where
         idle_since: Some(now),
         timer: Box::pin(tokio::time::sleep_until(now)),
         timer_at: now,
+        stats: config.stats.clone(),
     };
+    if let Some(s) = &task.stats {
+        s.on_open();
+    }
     tracing::debug!(conn = conn.id, %peer, "trpc client connection established");
     tokio::spawn(task.run());
     conn
@@ -386,6 +390,7 @@ struct ConnTask<IO> {
     idle_since: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
+    stats: Option<Arc<crate::stats::TransportStats>>,
 }
 
 enum Exit {
@@ -413,6 +418,9 @@ where
             }
         };
         self.conn.close(status);
+        if let Some(s) = &self.stats {
+            s.on_close();
+        }
         // Best effort: let the peer see a clean close.
         let _ = tokio::time::timeout(Duration::from_millis(100), async {
             use tokio::io::AsyncWriteExt;
@@ -444,7 +452,12 @@ where
 
             // 2. Write.
             if !self.wbuf.is_empty() {
-                match self.wbuf.poll_flush(Pin::new(&mut self.io), cx) {
+                let before = self.wbuf.len();
+                let flushed = self.wbuf.poll_flush(Pin::new(&mut self.io), cx);
+                if let Some(s) = &self.stats {
+                    s.on_write(before - self.wbuf.len());
+                }
+                match flushed {
                     Poll::Ready(Ok(())) => {
                         if calls_open == 0 {
                             self.wbuf.release();
@@ -468,8 +481,11 @@ where
                         self.conn.peer
                     ))))
                 }
-                Poll::Ready(Ok(_)) => {
+                Poll::Ready(Ok(n)) => {
                     self.last_read = Instant::now();
+                    if let Some(s) = &self.stats {
+                        s.on_read(n);
+                    }
                     if let Err(status) = self.process_frames() {
                         return Poll::Ready(Exit::Error(status));
                     }

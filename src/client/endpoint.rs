@@ -24,6 +24,7 @@ pub(crate) struct ClientConfig {
     pub(crate) max_send_message: usize,
     pub(crate) max_metadata: usize,
     pub(crate) tcp_nodelay: bool,
+    pub(crate) stats: Option<Arc<crate::stats::TransportStats>>,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +41,7 @@ impl Default for ClientConfig {
             max_send_message: frame::DEFAULT_MAX_MESSAGE,
             max_metadata: frame::DEFAULT_MAX_METADATA,
             tcp_nodelay: true,
+            stats: None,
         }
     }
 }
@@ -196,6 +198,12 @@ impl Endpoint {
     /// TCP_NODELAY on connections (default on).
     pub fn tcp_nodelay(mut self, on: bool) -> Self {
         self.config.tcp_nodelay = on;
+        self
+    }
+
+    /// Counts connections and bytes into `stats` (see [`crate::stats`]).
+    pub fn transport_stats(mut self, stats: Arc<crate::stats::TransportStats>) -> Self {
+        self.config.stats = Some(stats);
         self
     }
 

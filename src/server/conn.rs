@@ -351,8 +351,11 @@ where
                         self.read_closed = true;
                         progress = true;
                     }
-                    Poll::Ready(Ok(_)) => {
+                    Poll::Ready(Ok(n)) => {
                         self.last_read = Instant::now();
+                        if let Some(s) = &self.cfg.stats {
+                            s.on_read(n);
+                        }
                         if let Some(close) = self.process_frames(cx) {
                             return Poll::Ready(close);
                         }
@@ -366,7 +369,11 @@ where
             // Write.
             if !self.wbuf.is_empty() {
                 let before = self.wbuf.len();
-                match self.wbuf.poll_flush(Pin::new(&mut self.io), cx) {
+                let flushed = self.wbuf.poll_flush(Pin::new(&mut self.io), cx);
+                if let Some(s) = &self.cfg.stats {
+                    s.on_write(before - self.wbuf.len());
+                }
+                match flushed {
                     Poll::Ready(Ok(())) => {
                         self.write_blocked_since = None;
                     }
@@ -700,6 +707,7 @@ where
         let mut req = Request::new(body).with_method(head.method);
         *req.metadata_mut() = head.metadata;
         req.set_remote_addr(Some(self.peer));
+        req.set_stream_id(id);
         let server_deadline = self.cfg.timeout.map(|t| self.last_read + t);
         let client_deadline = head.timeout.map(|t| self.last_read + t);
         let deadline = match (server_deadline, client_deadline) {

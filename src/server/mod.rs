@@ -63,6 +63,7 @@ pub(crate) struct ServerConfig {
     pub(crate) keepalive: Option<(Duration, Duration)>,
     pub(crate) shutdown_grace: Duration,
     pub(crate) tcp_nodelay: bool,
+    pub(crate) stats: Option<Arc<crate::stats::TransportStats>>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +82,7 @@ impl Default for ServerConfig {
             keepalive: Some((Duration::from_secs(60), Duration::from_secs(20))),
             shutdown_grace: Duration::from_secs(10),
             tcp_nodelay: true,
+            stats: None,
         }
     }
 }
@@ -217,6 +219,12 @@ impl<L> Server<L> {
         self
     }
 
+    /// Counts connections and bytes into `stats` (see [`crate::stats`]).
+    pub fn transport_stats(mut self, stats: Arc<crate::stats::TransportStats>) -> Self {
+        self.config.stats = Some(stats);
+        self
+    }
+
     /// Serves on `addr` until SIGINT or SIGTERM, then shuts down gracefully.
     pub async fn serve<S>(self, addr: SocketAddr, svc: S) -> io::Result<()>
     where
@@ -295,7 +303,7 @@ impl<L> Server<L> {
             if cfg.tcp_nodelay {
                 let _ = tcp.set_nodelay(true);
             }
-            let guard = ConnCount::new(open.clone());
+            let guard = ConnCount::new(open.clone(), cfg.stats.clone());
             let fut = conn::serve_connection(
                 tcp,
                 peer,
@@ -330,18 +338,24 @@ impl<L> Server<L> {
     }
 }
 
-struct ConnCount(Arc<AtomicUsize>);
+struct ConnCount(Arc<AtomicUsize>, Option<Arc<crate::stats::TransportStats>>);
 
 impl ConnCount {
-    fn new(c: Arc<AtomicUsize>) -> Self {
+    fn new(c: Arc<AtomicUsize>, stats: Option<Arc<crate::stats::TransportStats>>) -> Self {
         c.fetch_add(1, Ordering::Relaxed);
-        ConnCount(c)
+        if let Some(s) = &stats {
+            s.on_open();
+        }
+        ConnCount(c, stats)
     }
 }
 
 impl Drop for ConnCount {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = &self.1 {
+            s.on_close();
+        }
     }
 }
 
