@@ -32,8 +32,8 @@
 //!     .timeout(Duration::from_millis(200))
 //!     .service(channel);
 //! let mut client = trpc::Client::new(stack);
-//! let reply: trpc::Response<Msg> = client
-//!     .unary("echo.Echo/Say", Msg { message: "hi".into() })
+//! let reply: Msg = client
+//!     .unary_message("echo.Echo/Say", Msg { message: "hi".into() })
 //!     .await?;
 //! # Ok(()) }
 //! ```

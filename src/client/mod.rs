@@ -9,4 +9,4 @@ mod typed;
 pub use channel::{Channel, ResponseFuture};
 pub use connection::Trailers;
 pub use endpoint::Endpoint;
-pub use typed::{Client, IntoRequest};
+pub use typed::Client;

@@ -10,24 +10,6 @@ use crate::codec::{set_codec_name, Codec, Json};
 use crate::request::{Method, Request, Response};
 use crate::status::{BoxError, Code, Status};
 
-/// Turns a message or a [`Request`] into a request.
-pub trait IntoRequest<T> {
-    /// The request.
-    fn into_request(self) -> Request<T>;
-}
-
-impl<T> IntoRequest<T> for T {
-    fn into_request(self) -> Request<T> {
-        Request::new(self)
-    }
-}
-
-impl<T> IntoRequest<T> for Request<T> {
-    fn into_request(self) -> Request<T> {
-        self
-    }
-}
-
 /// Typed calls with codec `C` over a service stack `S` (a [`Channel`](crate::Channel)
 /// wrapped in any layers).
 ///
@@ -84,20 +66,34 @@ impl<S, C> Client<S, C> {
         self.inner
     }
 
+    /// Calls a unary method with a bare message (no metadata or deadline).
+    pub async fn unary_message<Req, Resp>(
+        &mut self,
+        method: impl Into<Method>,
+        message: Req,
+    ) -> Result<Resp, Status>
+    where
+        C: Codec<Req> + Codec<Resp>,
+        S: Service<Request<Body>, Response = Response<Body>>,
+        S::Error: Into<BoxError>,
+    {
+        Ok(self.unary(method, Request::new(message)).await?.into_inner())
+    }
+
     /// Calls a unary method: encodes the request with the codec, sends it
     /// through the stack, decodes the reply. Errors of any layer are mapped with
     /// [`Status::from_error`].
     pub async fn unary<Req, Resp>(
         &mut self,
         method: impl Into<Method>,
-        request: impl IntoRequest<Req>,
+        request: Request<Req>,
     ) -> Result<Response<Resp>, Status>
     where
         C: Codec<Req> + Codec<Resp>,
         S: Service<Request<Body>, Response = Response<Body>>,
         S::Error: Into<BoxError>,
     {
-        let (mut parts, message) = request.into_request().into_parts();
+        let (mut parts, message) = request.into_parts();
         parts.method = method.into();
         let bytes = Codec::<Req>::encode_to_bytes(&self.codec, &message)?;
         set_codec_name(&mut parts.metadata, Codec::<Req>::name(&self.codec));
