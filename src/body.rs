@@ -5,6 +5,10 @@
 //! [`Payload`]s: already-serialised message bytes plus a per-message `compressed`
 //! flag. A unary body is cheap to clone ([`Body::try_clone`]), which is what lets
 //! tower's retry and hedge middleware re-send a request.
+//!
+//! A streaming body ends with its status: see [`crate::stream`] for the
+//! convention (`None`, a final `Err(status)`, or `Err` with an OK status
+//! carrying trailers).
 
 use std::fmt;
 use std::pin::Pin;
@@ -166,11 +170,13 @@ impl Body {
             Kind::Stream(mut s) => {
                 use futures_util::StreamExt;
                 let first = match s.next().await {
-                    Some(r) => r?,
-                    None => return Err(Status::invalid_argument("expected one message, got none")),
+                    Some(Ok(p)) => p,
+                    Some(Err(e)) if e.code() != crate::Code::Ok => return Err(e),
+                    _ => return Err(Status::invalid_argument("expected one message, got none")),
                 };
                 match s.next().await {
                     None => Ok(first),
+                    Some(Err(e)) if e.code() == crate::Code::Ok => Ok(first),
                     Some(Err(e)) => Err(e),
                     Some(Ok(_)) => Err(Status::invalid_argument(
                         "expected one message, got more than one",

@@ -49,6 +49,7 @@ pub mod request;
 pub mod server;
 pub mod stats;
 pub mod status;
+pub mod stream;
 #[doc(hidden)]
 pub mod util;
 mod wire;
@@ -59,3 +60,4 @@ pub use metadata::MetadataMap;
 pub use request::{Method, Request, Response};
 pub use server::Server;
 pub use status::{BoxError, Code, Status};
+pub use stream::Streaming;

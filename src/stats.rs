@@ -14,6 +14,9 @@ pub struct TransportStats {
     closed: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    write_buffered_peak: AtomicU64,
+    recv_buffered: AtomicU64,
+    recv_buffered_peak: AtomicU64,
 }
 
 impl TransportStats {
@@ -45,6 +48,36 @@ impl TransportStats {
     /// Bytes sent so far.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes ever waiting in one connection's write buffer (output
+    /// accepted from the application but not yet taken by the kernel).
+    pub fn write_buffered_peak(&self) -> u64 {
+        self.write_buffered_peak.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of received stream messages queued for the application now.
+    pub fn recv_buffered(&self) -> u64 {
+        self.recv_buffered.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes of received stream messages ever queued at once.
+    pub fn recv_buffered_peak(&self) -> u64 {
+        self.recv_buffered_peak.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn observe_write_buffered(&self, n: usize) {
+        self.write_buffered_peak
+            .fetch_max(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_recv_buffered(&self, n: usize) {
+        let now = self.recv_buffered.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        self.recv_buffered_peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub_recv_buffered(&self, n: usize) {
+        self.recv_buffered.fetch_sub(n as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn on_open(&self) {

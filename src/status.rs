@@ -203,6 +203,13 @@ impl Status {
         unauthenticated => Unauthenticated,
     }
 
+    /// A successful end of a stream carrying trailing metadata: a handler
+    /// ends its response stream with `Err(Status::ok_with_trailers(md))` to send
+    /// trailers (see [`crate::stream`]).
+    pub fn ok_with_trailers(trailers: MetadataMap) -> Status {
+        Status::new(Code::Ok, "").with_metadata(trailers)
+    }
+
     /// The status code.
     pub fn code(&self) -> Code {
         self.code

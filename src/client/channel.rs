@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::connection::Conn;
+use super::connection::{self, Conn};
 use super::endpoint::Endpoint;
 use crate::body::Body;
 use crate::request::{Request, Response};
@@ -263,7 +263,9 @@ enum State {
     InFlight {
         call: InFlight,
         pool: Arc<Pool>,
-        req: Request<Body>,
+        /// Kept for a transparent re-send if the server refuses the call;
+        /// `None` for streaming requests, which cannot be replayed.
+        req: Option<Request<Body>>,
     },
     Slow(BoxResponse),
     Failed(Option<Status>),
@@ -273,7 +275,6 @@ pin_project! {
     /// The future of a [`Channel`] call.
     pub struct ResponseFuture {
         state: State,
-        deadline: Option<Instant>,
         #[pin]
         sleep: Option<Sleep>,
     }
@@ -281,18 +282,37 @@ pin_project! {
 
 impl fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("deadline", &self.deadline)
-            .finish()
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-fn deadline_exceeded(deadline: Instant, sent: bool) -> Status {
-    let _ = deadline;
+fn deadline_exceeded(sent: bool) -> Status {
     if sent {
         Status::deadline_exceeded("deadline exceeded while waiting for the response")
     } else {
         Status::deadline_exceeded("deadline exceeded before the call was sent")
+    }
+}
+
+type Begun = Result<(u32, Option<Request<Body>>), (Status, Request<Body>)>;
+
+/// Starts `req` on `conn`; a streaming request body gets its pump task. On
+/// success returns the stream id and, for unary requests, the request (kept
+/// for a re-send if refused). On failure the request comes back untouched.
+fn begin(conn: &Arc<Conn>, req: Request<Body>) -> Begun {
+    let deadline = req.deadline();
+    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    if timeout == Some(Duration::ZERO) {
+        return Err((deadline_exceeded(false), req));
+    }
+    match conn.start_call(&req, deadline, timeout) {
+        Ok(id) if req.get_ref().is_stream() => {
+            let pump = tokio::spawn(connection::pump(conn.clone(), id, req.into_inner()));
+            conn.set_pump(id, pump.abort_handle());
+            Ok((id, None))
+        }
+        Ok(id) => Ok((id, Some(req))),
+        Err(e) => Err((e, req)),
     }
 }
 
@@ -306,27 +326,11 @@ impl ResponseFuture {
         let deadline = req.deadline();
         let failed = |s| ResponseFuture {
             state: State::Failed(Some(s)),
-            deadline: None,
             sleep: None,
         };
-        let timeout = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return failed(deadline_exceeded(d, false));
-                }
-                Some(left)
-            }
-            None => None,
-        };
-        if req.get_ref().is_stream() {
-            return failed(Status::unimplemented(
-                "streaming request bodies are not supported by this channel",
-            ));
-        }
         let state = match pool.pick() {
-            Pick::Conn(conn) => match conn.start_call(&req, timeout) {
-                Ok(id) => State::InFlight {
+            Pick::Conn(conn) => match begin(&conn, req) {
+                Ok((id, req)) => State::InFlight {
                     call: InFlight {
                         conn,
                         id,
@@ -335,39 +339,35 @@ impl ResponseFuture {
                     pool: pool.clone(),
                     req,
                 },
-                Err(e) if e.is_refused() => State::Slow(Box::pin(slow_call(pool.clone(), req))),
-                Err(e) => return failed(e),
+                Err((e, req)) if e.is_refused() => {
+                    State::Slow(Box::pin(slow_call(pool.clone(), req)))
+                }
+                Err((e, _)) => return failed(e),
             },
             Pick::Wait => State::Slow(Box::pin(slow_call(pool.clone(), req))),
             Pick::Fail(e) => return failed(e),
         };
         ResponseFuture {
             state,
-            deadline,
             sleep: deadline.map(tokio::time::sleep_until),
         }
     }
 }
 
 /// The path through connection establishment and refused-call retries.
-async fn slow_call(pool: Arc<Pool>, req: Request<Body>) -> Result<Response<Body>, Status> {
+async fn slow_call(pool: Arc<Pool>, mut req: Request<Body>) -> Result<Response<Body>, Status> {
     let mut last = None;
     for _ in 0..=REFUSED_RETRIES {
         let conn = pool.ready_conn().await?;
-        let timeout = req.time_remaining();
-        if timeout == Some(Duration::ZERO) {
-            return Err(Status::deadline_exceeded(
-                "deadline exceeded before the call was sent",
-            ));
-        }
-        let id = match conn.start_call(&req, timeout) {
-            Ok(id) => id,
-            Err(e) if e.is_refused() => {
+        let (id, kept) = match begin(&conn, req) {
+            Ok(x) => x,
+            Err((e, r)) if e.is_refused() => {
                 last = Some(e);
+                req = r;
                 tokio::task::yield_now().await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err((e, _)) => return Err(e),
         };
         let mut call = InFlight {
             conn,
@@ -376,9 +376,12 @@ async fn slow_call(pool: Arc<Pool>, req: Request<Body>) -> Result<Response<Body>
         };
         let result = poll_fn(|cx| call.conn.poll_call(call.id, cx)).await;
         call.done = true;
-        match result {
-            Err(e) if e.is_refused() => last = Some(e),
-            other => return other,
+        match (result, kept) {
+            (Err(e), Some(r)) if e.is_refused() => {
+                last = Some(e);
+                req = r;
+            }
+            (other, _) => return other,
         }
     }
     Err(last.unwrap_or_else(|| Status::unavailable("call refused by every connection")))
@@ -391,10 +394,11 @@ impl Future for ResponseFuture {
         let mut this = self.project();
         let result = match this.state {
             State::InFlight { call, pool, req } => match call.conn.poll_call(call.id, cx) {
-                Poll::Ready(Err(e)) if e.is_refused() => {
+                Poll::Ready(Err(e)) if e.is_refused() && req.is_some() => {
                     call.done = true;
-                    let req = std::mem::replace(req, Request::new(Body::empty()));
-                    *this.state = State::Slow(Box::pin(slow_call(pool.clone(), req)));
+                    if let Some(req) = req.take() {
+                        *this.state = State::Slow(Box::pin(slow_call(pool.clone(), req)));
+                    }
                     return self_poll_again(cx);
                 }
                 Poll::Ready(r) => {
@@ -411,10 +415,9 @@ impl Future for ResponseFuture {
         if result.is_pending() {
             if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
                 if sleep.poll(cx).is_ready() {
-                    let deadline = this.deadline.unwrap_or_else(Instant::now);
                     // Dropping the call sends CANCEL to the server.
                     *this.state = State::Failed(None);
-                    return Poll::Ready(Err(deadline_exceeded(deadline, true)));
+                    return Poll::Ready(Err(deadline_exceeded(true)));
                 }
             }
         }

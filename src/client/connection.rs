@@ -4,7 +4,12 @@
 //! request frame straight into the shared write buffer and parks in the call
 //! table; the task (one per connection, owning the socket) flushes the buffer
 //! with coalesced writes, reads response frames, fills the call table and wakes
-//! the callers. There is no channel or task per call.
+//! the callers. There is no channel or task per unary call.
+//!
+//! Streaming calls add, per call: an [`InboundShared`] queue for response
+//! messages (consumed through [`Incoming`], which returns flow-control credit),
+//! and for streaming requests a pump task that sends the request stream as the
+//! peer's window allows.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -16,6 +21,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Decoder;
 
@@ -23,11 +29,13 @@ use super::endpoint::ClientConfig;
 use crate::body::{Body, Payload};
 use crate::frame::{
     self, Decoded, Flags, Frame, FrameCodec, FrameHeader, FrameType, Goaway, GoawayCode, Settings,
-    WriteBuf,
+    WriteBuf, MAX_WINDOW,
 };
 use crate::metadata::MetadataMap;
 use crate::request::{Request, Response};
+use crate::stats::TransportStats;
 use crate::status::{Code, Status};
+use crate::stream::{CreditSink, InboundShared, Incoming};
 use crate::util::IdMap;
 use crate::wire::{self, ResponseHead};
 
@@ -36,8 +44,8 @@ const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Trailing metadata of a successful unary response, found in the response's
-/// extensions.
+/// Trailing metadata of a successful response whose trailers came in a
+/// separate TRAILERS frame, found in the response's extensions.
 #[derive(Clone, Debug, Default)]
 pub struct Trailers(pub MetadataMap);
 
@@ -47,6 +55,8 @@ pub(crate) struct PeerLimits {
     pub(crate) max_message: usize,
     pub(crate) max_metadata: usize,
     pub(crate) max_streams: usize,
+    pub(crate) stream_window: u32,
+    pub(crate) connection_window: u32,
 }
 
 impl PeerLimits {
@@ -59,6 +69,12 @@ impl PeerLimits {
                 .max_metadata_size
                 .map_or(frame::DEFAULT_MAX_METADATA, |v| v as usize),
             max_streams: s.max_concurrent_streams.map_or(usize::MAX, |v| v as usize),
+            stream_window: s
+                .initial_stream_window
+                .unwrap_or(frame::DEFAULT_STREAM_WINDOW),
+            connection_window: s
+                .initial_connection_window
+                .unwrap_or(frame::DEFAULT_CONNECTION_WINDOW),
         }
     }
 }
@@ -69,50 +85,98 @@ pub(crate) struct Conn {
     usable: AtomicBool,
     pub(crate) id: u64,
     pub(crate) peer: SocketAddr,
+    recv_stream_window: u32,
+    recv_conn_window: u32,
 }
 
 struct ConnState {
     wb: WriteBuf,
-    calls: IdMap<Slot>,
+    calls: IdMap<Call>,
     next_id: u32,
     closed: Option<Status>,
     draining: bool,
     task: Option<Waker>,
     limits: PeerLimits,
     max_send_message: usize,
+    conn_send_window: i64,
+    conn_blocked: Vec<Waker>,
+    conn_recv_window: i64,
+    conn_recv_unacked: usize,
 }
 
-enum Slot {
-    Waiting {
-        waker: Option<Waker>,
-        head: Option<ResponseHead>,
-        message: Option<Payload>,
-    },
-    Done(Result<Response<Body>, Status>),
+/// One call on the connection.
+struct Call {
+    response: Resp,
+    /// The response stream, while open.
+    inbound: Option<Arc<InboundShared>>,
+    /// The request stream, while open.
+    outbound: Option<Outbound>,
+    /// Receive window left for this stream's DATA.
+    recv_window: i64,
+    deadline: Option<Instant>,
 }
 
-impl Slot {
-    fn waiting() -> Slot {
-        Slot::Waiting {
-            waker: None,
-            head: None,
-            message: None,
+enum Resp {
+    Waiting(Option<Waker>),
+    Ready(Result<Response<Body>, Status>),
+    Taken,
+}
+
+struct Outbound {
+    window: i64,
+    waker: Option<Waker>,
+    pump: Option<AbortHandle>,
+}
+
+impl Call {
+    fn set_response(&mut self, r: Result<Response<Body>, Status>, wakers: &mut Vec<Waker>) {
+        if let Resp::Waiting(w) = &mut self.response {
+            if let Some(w) = w.take() {
+                wakers.push(w);
+            }
+            self.response = Resp::Ready(r);
         }
     }
 
-    /// Completes the call; its waker (if any) goes to `wakers`.
-    fn complete(&mut self, result: Result<Response<Body>, Status>, wakers: &mut Vec<Waker>) {
-        if let Slot::Waiting { waker, .. } = self {
-            if let Some(w) = waker.take() {
+    fn close_outbound(&mut self, wakers: &mut Vec<Waker>) {
+        if let Some(o) = self.outbound.take() {
+            if let Some(p) = o.pump {
+                p.abort();
+            }
+            if let Some(w) = o.waker {
                 wakers.push(w);
             }
-            *self = Slot::Done(result);
         }
+    }
+
+    /// Fails whatever is still open of the call with `status`.
+    fn fail(&mut self, status: Status, wakers: &mut Vec<Waker>) {
+        if let Some(inbound) = self.inbound.take() {
+            inbound.finish(Some(status.clone()));
+        }
+        self.set_response(Err(status), wakers);
+        self.close_outbound(wakers);
+    }
+
+    /// True when nothing of the call is left to deliver or send.
+    fn finished(&self) -> bool {
+        matches!(self.response, Resp::Taken) && self.inbound.is_none() && self.outbound.is_none()
+    }
+
+    /// True while the server may still send frames for this call.
+    fn open_at_server(&self) -> bool {
+        matches!(self.response, Resp::Waiting(_)) || self.inbound.is_some()
     }
 }
 
 fn lock(m: &Mutex<ConnState>) -> MutexGuard<'_, ConnState> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wake_all(wakers: &mut Vec<Waker>) {
+    for w in wakers.drain(..) {
+        w.wake();
+    }
 }
 
 impl std::fmt::Debug for Conn {
@@ -122,6 +186,28 @@ impl std::fmt::Debug for Conn {
             .field("peer", &self.peer)
             .field("usable", &self.is_usable())
             .finish()
+    }
+}
+
+impl ConnState {
+    /// Returns connection-level credit for `n` received bytes.
+    fn credit_conn(&mut self, n: usize, window: u32) {
+        if n == 0 {
+            return;
+        }
+        self.conn_recv_unacked += n;
+        if self.conn_recv_unacked >= (window as usize / 2).max(1) {
+            let inc = self.conn_recv_unacked.min(MAX_WINDOW as usize);
+            self.conn_recv_unacked -= inc;
+            self.conn_recv_window += inc as i64;
+            self.wb.put(|b| frame::put_window_update(b, 0, inc as u32));
+        }
+    }
+
+    fn remove_if_finished(&mut self, id: u32) {
+        if self.calls.get(&id).is_some_and(Call::finished) {
+            self.calls.remove(&id);
+        }
     }
 }
 
@@ -136,14 +222,23 @@ impl Conn {
         lock(&self.state).calls.len()
     }
 
-    /// Encodes the request into the write buffer and registers the call.
-    /// A `refused` error means nothing was sent: the call may go elsewhere.
+    fn wake_task(&self, st: &mut ConnState) -> Option<Waker> {
+        st.task.take()
+    }
+
+    /// Encodes the request's HEADERS (with the message, for unary requests)
+    /// into the write buffer and registers the call. For a streaming request
+    /// body the caller then starts [`pump`]. A `refused` error means nothing
+    /// was sent: the call may go elsewhere.
     pub(crate) fn start_call(
         &self,
         req: &Request<Body>,
+        deadline: Option<Instant>,
         timeout: Option<Duration>,
     ) -> Result<u32, Status> {
-        let payload = req.get_ref().as_once();
+        let body = req.get_ref();
+        let streaming = body.is_stream();
+        let payload = body.as_once();
         let mut st = lock(&self.state);
         if let Some(e) = &st.closed {
             return Err(Status::unavailable(e.message().to_string()).with_refused(true));
@@ -181,12 +276,26 @@ impl Conn {
             timeout,
             req.metadata(),
             payload,
-            true,
+            !streaming,
             max_metadata,
         )?;
         st.next_id += 2;
-        st.calls.insert(id, Slot::waiting());
-        let task = st.task.take();
+        let outbound = streaming.then(|| Outbound {
+            window: i64::from(st.limits.stream_window),
+            waker: None,
+            pump: None,
+        });
+        st.calls.insert(
+            id,
+            Call {
+                response: Resp::Waiting(None),
+                inbound: None,
+                outbound,
+                recv_window: i64::from(self.recv_stream_window),
+                deadline,
+            },
+        );
+        let task = self.wake_task(&mut st);
         drop(st);
         if let Some(w) = task {
             w.wake();
@@ -194,69 +303,238 @@ impl Conn {
         Ok(id)
     }
 
-    /// Polls for the outcome of call `id`.
+    /// Records the pump task of call `id` (aborted when the call ends).
+    pub(crate) fn set_pump(&self, id: u32, pump: AbortHandle) {
+        let mut st = lock(&self.state);
+        match st.calls.get_mut(&id).and_then(|c| c.outbound.as_mut()) {
+            Some(o) => o.pump = Some(pump),
+            None => pump.abort(),
+        }
+    }
+
+    /// Ready when call `id` may send a DATA frame; `Err` when its request
+    /// stream is closed (the call ended or was cancelled).
+    fn poll_send_ready(&self, id: u32, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let mut st = lock(&self.state);
+        if st.closed.is_some() {
+            return Poll::Ready(Err(()));
+        }
+        let conn_open = st.conn_send_window > 0;
+        let Some(out) = st.calls.get_mut(&id).and_then(|c| c.outbound.as_mut()) else {
+            return Poll::Ready(Err(()));
+        };
+        if out.window > 0 && conn_open {
+            return Poll::Ready(Ok(()));
+        }
+        if out.window <= 0 {
+            out.waker = Some(cx.waker().clone());
+        }
+        if !conn_open {
+            st.conn_blocked.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Sends one request message of call `id`.
+    fn send_data(&self, id: u32, p: &Payload) -> Result<(), ()> {
+        let mut wakers = Vec::new();
+        let mut st = lock(&self.state);
+        if st.closed.is_some() {
+            return Err(());
+        }
+        let max = st.limits.max_message.min(st.max_send_message);
+        let Some(call) = st.calls.get_mut(&id) else {
+            return Err(());
+        };
+        let Some(out) = call.outbound.as_mut() else {
+            return Err(());
+        };
+        let result = if p.len() > max {
+            call.fail(
+                Status::resource_exhausted(format!(
+                    "request message of {} bytes exceeds the limit of {max} bytes",
+                    p.len()
+                )),
+                &mut wakers,
+            );
+            wire::put_cancel(&mut st.wb, id, Code::ResourceExhausted);
+            st.remove_if_finished(id);
+            Err(())
+        } else {
+            out.window -= p.len() as i64;
+            st.conn_send_window -= p.len() as i64;
+            wire::put_data(&mut st.wb, id, p, false);
+            Ok(())
+        };
+        wakers.extend(self.wake_task(&mut st));
+        drop(st);
+        wake_all(&mut wakers);
+        result
+    }
+
+    /// Half-closes call `id`: its request stream is complete.
+    fn finish_send(&self, id: u32) {
+        let mut st = lock(&self.state);
+        let max_metadata = st.limits.max_metadata;
+        let Some(call) = st.calls.get_mut(&id) else {
+            return;
+        };
+        if call.outbound.take().is_none() || st.closed.is_some() {
+            return;
+        }
+        wire::put_trailers(&mut st.wb, id, None, max_metadata);
+        st.remove_if_finished(id);
+        let task = self.wake_task(&mut st);
+        drop(st);
+        if let Some(w) = task {
+            w.wake();
+        }
+    }
+
+    /// The request stream of call `id` failed: cancel the call with `status`.
+    fn abort_send(&self, id: u32, status: Status) {
+        let mut wakers = Vec::new();
+        let mut st = lock(&self.state);
+        if let Some(call) = st.calls.get_mut(&id) {
+            let open = call.open_at_server();
+            call.fail(status, &mut wakers);
+            if open && st.closed.is_none() {
+                wire::put_cancel(&mut st.wb, id, Code::Cancelled);
+            }
+            st.remove_if_finished(id);
+        }
+        wakers.extend(self.wake_task(&mut st));
+        drop(st);
+        wake_all(&mut wakers);
+    }
+
+    /// Polls for the response of call `id`.
     pub(crate) fn poll_call(
         &self,
         id: u32,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Response<Body>, Status>> {
         let mut st = lock(&self.state);
-        match st.calls.get_mut(&id) {
-            Some(Slot::Waiting { waker, .. }) => {
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *waker = Some(cx.waker().clone());
+        let Some(call) = st.calls.get_mut(&id) else {
+            return Poll::Ready(Err(st
+                .closed
+                .clone()
+                .unwrap_or_else(|| Status::internal("call state lost"))));
+        };
+        match &mut call.response {
+            Resp::Waiting(w) => {
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
                 }
                 Poll::Pending
             }
-            Some(Slot::Done(_)) => match st.calls.remove(&id) {
-                Some(Slot::Done(r)) => Poll::Ready(r),
-                _ => Poll::Ready(Err(Status::internal("call state lost"))),
-            },
-            None => Poll::Ready(Err(st
-                .closed
-                .clone()
-                .unwrap_or_else(|| Status::internal("call state lost")))),
-        }
-    }
-
-    /// Abandons call `id`: forgets it and tells the server (CANCEL) if it is
-    /// still running there.
-    pub(crate) fn cancel(&self, id: u32) {
-        let mut st = lock(&self.state);
-        match st.calls.remove(&id) {
-            Some(Slot::Waiting { .. }) if st.closed.is_none() => {
-                wire::put_cancel(&mut st.wb, id, Code::Cancelled);
-                let task = st.task.take();
-                drop(st);
-                if let Some(w) = task {
-                    w.wake();
-                }
+            Resp::Ready(_) => {
+                let Resp::Ready(r) = std::mem::replace(&mut call.response, Resp::Taken) else {
+                    return Poll::Ready(Err(Status::internal("call state lost")));
+                };
+                st.remove_if_finished(id);
+                Poll::Ready(r)
             }
-            _ => {}
+            Resp::Taken => Poll::Ready(Err(Status::internal("response already taken"))),
         }
     }
 
-    /// Marks the connection closed and fails every call still waiting.
+    /// Abandons call `id`: forgets it and tells the server (CANCEL) if the
+    /// call is still running there.
+    pub(crate) fn cancel(&self, id: u32) {
+        let mut wakers = Vec::new();
+        let mut st = lock(&self.state);
+        if let Some(mut call) = st.calls.remove(&id) {
+            let open = call.open_at_server() || call.outbound.is_some();
+            call.fail(
+                Status::cancelled("call cancelled by the client"),
+                &mut wakers,
+            );
+            if open && st.closed.is_none() {
+                wire::put_cancel(&mut st.wb, id, Code::Cancelled);
+                wakers.extend(self.wake_task(&mut st));
+            }
+        }
+        drop(st);
+        wake_all(&mut wakers);
+    }
+
+    /// Marks the connection closed and fails every call still open.
     pub(crate) fn close(&self, status: Status) {
         self.usable.store(false, Ordering::Release);
         let mut wakers = Vec::new();
-        let task;
         {
             let mut st = lock(&self.state);
             if st.closed.is_none() {
                 st.closed = Some(status.clone());
             }
-            for slot in st.calls.values_mut() {
-                slot.complete(Err(status.clone()), &mut wakers);
+            for call in st.calls.values_mut() {
+                call.fail(status.clone(), &mut wakers);
             }
-            st.wb = WriteBuf::new();
-            task = st.task.take();
+            st.calls.retain(|_, c| !c.finished());
+            wakers.append(&mut st.conn_blocked);
+            wakers.extend(st.task.take());
         }
+        wake_all(&mut wakers);
+    }
+}
+
+impl CreditSink for Conn {
+    fn consumed(&self, id: u32, n: usize) {
+        let mut st = lock(&self.state);
+        if st.closed.is_some() {
+            return;
+        }
+        if let Some(call) = st.calls.get_mut(&id) {
+            if call.inbound.is_some() {
+                let inc = n.min(MAX_WINDOW as usize);
+                call.recv_window += inc as i64;
+                st.wb.put(|b| frame::put_window_update(b, id, inc as u32));
+            }
+        }
+        st.credit_conn(n, self.recv_conn_window);
+        let task = self.wake_task(&mut st);
+        drop(st);
         if let Some(w) = task {
             w.wake();
         }
-        for w in wakers {
-            w.wake();
+    }
+
+    fn dropped(&self, id: u32, ended: bool, unconsumed: usize) {
+        {
+            let mut st = lock(&self.state);
+            if st.closed.is_none() {
+                st.credit_conn(unconsumed, self.recv_conn_window);
+            }
+        }
+        if !ended {
+            self.cancel(id);
+        }
+    }
+}
+
+/// Sends a streaming request body as the peer's flow-control windows allow,
+/// then half-closes. Runs as its own task; aborted when the call ends.
+pub(crate) async fn pump(conn: Arc<Conn>, id: u32, mut body: Body) {
+    use futures_util::StreamExt;
+    loop {
+        if poll_fn(|cx| conn.poll_send_ready(id, cx)).await.is_err() {
+            return;
+        }
+        match body.next().await {
+            Some(Ok(p)) => {
+                if conn.send_data(id, &p).is_err() {
+                    return;
+                }
+            }
+            Some(Err(s)) if s.code() != Code::Ok => {
+                conn.abort_send(id, s);
+                return;
+            }
+            Some(Err(_)) | None => {
+                conn.finish_send(id);
+                return;
+            }
         }
     }
 }
@@ -334,6 +612,7 @@ pub(crate) fn spawn<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = PeerLimits::from_settings(&settings);
     let conn = Arc::new(Conn {
         state: Mutex::new(ConnState {
             wb: WriteBuf::new(),
@@ -342,12 +621,18 @@ where
             closed: None,
             draining: false,
             task: None,
-            limits: PeerLimits::from_settings(&settings),
+            limits,
             max_send_message: config.max_send_message,
+            conn_send_window: i64::from(limits.connection_window),
+            conn_blocked: Vec::new(),
+            conn_recv_window: i64::from(config.connection_window),
+            conn_recv_unacked: 0,
         }),
         usable: AtomicBool::new(true),
         id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
         peer,
+        recv_stream_window: config.stream_window,
+        recv_conn_window: config.connection_window,
     });
     let now = Instant::now();
     let task = ConnTask {
@@ -390,7 +675,7 @@ struct ConnTask<IO> {
     idle_since: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
-    stats: Option<Arc<crate::stats::TransportStats>>,
+    stats: Option<Arc<TransportStats>>,
 }
 
 enum Exit {
@@ -421,10 +706,19 @@ where
         if let Some(s) = &self.stats {
             s.on_close();
         }
-        // Best effort: let the peer see a clean close.
+        // Frames queued by callers at the end (CANCELs of calls dropped with
+        // the channel) still go out.
+        {
+            let mut st = lock(&self.conn.state);
+            self.wbuf.append(&mut st.wb);
+        }
+        // Best effort: flush what is queued, and close cleanly.
         let _ = tokio::time::timeout(Duration::from_millis(100), async {
             use tokio::io::AsyncWriteExt;
-            let _ = self.io.shutdown().await;
+            let io = &mut self.io;
+            let wbuf = &mut self.wbuf;
+            let _ = poll_fn(|cx| wbuf.poll_flush(Pin::new(&mut *io), cx)).await;
+            let _ = io.shutdown().await;
         })
         .await;
     }
@@ -453,6 +747,9 @@ where
             // 2. Write.
             if !self.wbuf.is_empty() {
                 let before = self.wbuf.len();
+                if let Some(s) = &self.stats {
+                    s.observe_write_buffered(before);
+                }
                 let flushed = self.wbuf.poll_flush(Pin::new(&mut self.io), cx);
                 if let Some(s) = &self.stats {
                     s.on_write(before - self.wbuf.len());
@@ -536,8 +833,7 @@ where
 
     /// Arms the timer for the next keepalive or idle check.
     fn arm_timer(&mut self, now: Instant) {
-        let far = now + Duration::from_secs(3600);
-        let mut at = far;
+        let mut at = now + Duration::from_secs(3600);
         if let Some((interval, timeout)) = self.keepalive {
             at = at.min(match self.ping_sent {
                 Some(sent) => sent + timeout,
@@ -572,10 +868,7 @@ where
                 }
             }
             if self.ping_sent.is_none() && now >= self.last_read + interval {
-                let data = now.elapsed().as_nanos().to_be_bytes();
-                let mut payload = [0u8; 8];
-                payload.copy_from_slice(&data[8..16]);
-                self.wbuf.put(|b| frame::put_ping(b, false, payload));
+                self.wbuf.put(|b| frame::put_ping(b, false, *b"trpcping"));
                 self.ping_sent = Some(now);
             }
         }
@@ -590,7 +883,9 @@ where
         let result = loop {
             match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(Decoded::Frame(f))) => {
-                    if let Err(e) = self.on_frame(&mut st, f) {
+                    if let Err((code, e)) = self.on_frame(&mut st, f) {
+                        tracing::warn!(conn = conn.id, peer = %conn.peer, error = %e, "protocol error from server");
+                        st.wb.put(|b| frame::put_goaway(b, 0, code, e.message()));
                         break Err(e);
                     }
                 }
@@ -608,119 +903,83 @@ where
                 }
             }
         };
-        // Control frames we queued (PONG, CANCEL) go out with the callers' frames.
+        // Control frames we queued (PONG, CANCEL, WINDOW_UPDATE) go out with
+        // the callers' frames.
         self.wbuf.append(&mut st.wb);
         drop(st);
-        for w in self.wakers.drain(..) {
-            w.wake();
-        }
+        wake_all(&mut self.wakers);
         result
     }
 
     fn on_too_large(&mut self, st: &mut ConnState, h: FrameHeader) {
         let max = self.codec.max_message_len();
-        if let Some(slot) = st.calls.get_mut(&h.stream_id) {
+        if h.frame_type() == Some(FrameType::Data) {
+            // The sender counted these bytes against the connection window.
+            st.conn_recv_window -= i64::from(h.payload_len);
+            st.credit_conn(h.payload_len as usize, self.conn.recv_conn_window);
+        }
+        let id = h.stream_id;
+        if let Some(call) = st.calls.get_mut(&id) {
             tracing::debug!(
                 conn = self.conn.id,
-                stream = h.stream_id,
+                stream = id,
                 len = h.payload_len,
                 "response frame over the limit"
             );
-            slot.complete(
-                Err(Status::resource_exhausted(format!(
+            let open = call.open_at_server();
+            call.fail(
+                Status::resource_exhausted(format!(
                     "response message of {} bytes (metadata {} bytes) exceeds the limit of {max} bytes",
                     h.payload_len, h.metadata_len
-                ))),
+                )),
                 &mut self.wakers,
             );
-            wire::put_cancel(&mut st.wb, h.stream_id, Code::ResourceExhausted);
+            if open {
+                wire::put_cancel(&mut st.wb, id, Code::ResourceExhausted);
+            }
+            st.remove_if_finished(id);
         }
     }
 
-    fn on_frame(&mut self, st: &mut ConnState, f: Frame) -> Result<(), Status> {
+    /// Applies one frame. An error is a connection error: (GOAWAY code, status
+    /// for the pending calls).
+    fn on_frame(&mut self, st: &mut ConnState, f: Frame) -> Result<(), (GoawayCode, Status)> {
         let id = f.stream_id();
         match f.frame_type() {
-            Some(FrameType::Headers) => {
-                let Some(slot) = st.calls.get_mut(&id) else {
-                    return Ok(()); // late answer for a cancelled call
-                };
-                let head = match wire::decode_response_head(f.metadata) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        slot.complete(Err(e), &mut self.wakers);
-                        return Ok(());
-                    }
-                };
-                let message = f
-                    .header
-                    .flags
-                    .contains(Flags::MESSAGE)
-                    .then(|| payload(&f.header, f.payload));
-                if f.header.flags.contains(Flags::END_STREAM) {
-                    let result = finish(head, message);
-                    slot.complete(result, &mut self.wakers);
-                } else if let Slot::Waiting {
-                    head: h,
-                    message: m,
-                    ..
-                } = slot
-                {
-                    *h = Some(head);
-                    *m = message;
-                }
-            }
-            Some(FrameType::Data) => {
-                let Some(slot) = st.calls.get_mut(&id) else {
-                    return Ok(());
-                };
-                let error = match slot {
-                    Slot::Waiting { head: None, .. } => Some("protocol error: DATA before HEADERS"),
-                    Slot::Waiting {
-                        message: Some(_), ..
-                    } => Some("protocol error: more than one message in a unary response"),
-                    Slot::Waiting { message, .. } => {
-                        *message = Some(payload(&f.header, f.payload));
-                        f.header
-                            .flags
-                            .contains(Flags::END_STREAM)
-                            .then_some("protocol error: stream ended without a status")
-                    }
-                    Slot::Done(_) => None,
-                };
-                if let Some(msg) = error {
-                    slot.complete(Err(Status::internal(msg)), &mut self.wakers);
-                    wire::put_cancel(&mut st.wb, id, Code::Internal);
-                }
-            }
+            Some(FrameType::Headers) => self.on_headers(st, f),
+            Some(FrameType::Data) => return self.on_data(st, f),
             Some(FrameType::Trailers) => {
-                let Some(slot) = st.calls.get_mut(&id) else {
+                let Some(call) = st.calls.get_mut(&id) else {
                     return Ok(());
                 };
-                let result = match wire::decode_response_head(f.metadata) {
-                    Ok(trailers) => match slot {
-                        Slot::Waiting { head, message, .. } => {
-                            let mut head = head.take().unwrap_or_default();
-                            head.code = trailers.code;
-                            head.message = trailers.message;
-                            head.details = trailers.details;
-                            head.refused = trailers.refused;
-                            finish_with_trailers(head, message.take(), trailers.metadata)
-                        }
-                        Slot::Done(_) => return Ok(()),
-                    },
-                    Err(e) => Err(e),
+                let status = match wire::decode_response_head(f.metadata) {
+                    Ok(h) => h.into_status(),
+                    Err(e) => e,
                 };
-                slot.complete(result, &mut self.wakers);
+                if let Some(inbound) = call.inbound.take() {
+                    inbound.finish(Some(status));
+                } else if status.code() == Code::Ok {
+                    let mut resp = Response::new(Body::empty());
+                    resp.extensions_mut()
+                        .insert(Trailers(status.metadata().clone()));
+                    call.set_response(Ok(resp), &mut self.wakers);
+                } else {
+                    call.set_response(Err(status), &mut self.wakers);
+                }
+                call.close_outbound(&mut self.wakers);
+                st.remove_if_finished(id);
             }
             Some(FrameType::Cancel) => {
-                if let Some(slot) = st.calls.get_mut(&id) {
+                if let Some(call) = st.calls.get_mut(&id) {
                     let code = wire::cancel_code(&f.payload);
-                    slot.complete(
-                        Err(Status::new(code, "stream reset by the server")),
+                    call.fail(
+                        Status::new(code, "stream reset by the server"),
                         &mut self.wakers,
                     );
+                    st.remove_if_finished(id);
                 }
             }
+            Some(FrameType::WindowUpdate) => return self.on_window_update(st, id, &f.payload),
             Some(FrameType::Ping) => {
                 let mut data = [0u8; 8];
                 let n = f.payload.len().min(8);
@@ -730,38 +989,193 @@ where
             Some(FrameType::Pong) => {
                 self.ping_sent = None;
             }
-            Some(FrameType::Goaway) => {
-                let g = Goaway::parse(&f.payload).unwrap_or(Goaway {
-                    last_stream_id: 0,
-                    code: GoawayCode::ProtocolError,
-                    message: "malformed GOAWAY".into(),
-                });
-                if g.code == GoawayCode::NoError {
-                    tracing::debug!(conn = self.conn.id, peer = %self.conn.peer, last = g.last_stream_id, "server sent GOAWAY: {}", g.message);
-                } else {
-                    tracing::warn!(conn = self.conn.id, peer = %self.conn.peer, code = ?g.code, "server sent GOAWAY: {}", g.message);
-                }
-                st.draining = true;
-                self.conn.usable.store(false, Ordering::Release);
-                let refused = Status::unavailable(format!(
-                    "server is going away ({}); the call was not processed",
-                    g.message
-                ))
-                .with_refused(true);
-                for (&id, slot) in st.calls.iter_mut() {
-                    if id > g.last_stream_id {
-                        slot.complete(Err(refused.clone()), &mut self.wakers);
-                    }
-                }
-            }
+            Some(FrameType::Goaway) => self.on_goaway(st, &f.payload),
             Some(FrameType::Settings) => {
                 if let Some(s) = Settings::parse(&f.payload) {
                     st.limits = PeerLimits::from_settings(&s);
                 }
             }
-            Some(FrameType::WindowUpdate) | None => {}
+            None => {}
         }
         Ok(())
+    }
+
+    fn on_headers(&mut self, st: &mut ConnState, f: Frame) {
+        let id = f.stream_id();
+        let Some(call) = st.calls.get_mut(&id) else {
+            return; // late answer for a cancelled call
+        };
+        if !matches!(call.response, Resp::Waiting(_)) {
+            call.fail(
+                Status::internal("protocol error: a second HEADERS frame on a stream"),
+                &mut self.wakers,
+            );
+            wire::put_cancel(&mut st.wb, id, Code::Internal);
+            st.remove_if_finished(id);
+            return;
+        }
+        let head = match wire::decode_response_head(f.metadata) {
+            Ok(h) => h,
+            Err(e) => {
+                call.fail(e, &mut self.wakers);
+                wire::put_cancel(&mut st.wb, id, Code::Internal);
+                st.remove_if_finished(id);
+                return;
+            }
+        };
+        let message = f
+            .header
+            .flags
+            .contains(Flags::MESSAGE)
+            .then(|| payload(&f.header, f.payload));
+        if f.header.flags.contains(Flags::END_STREAM) {
+            call.set_response(finish(head, message), &mut self.wakers);
+            call.close_outbound(&mut self.wakers);
+        } else {
+            // A streaming response: messages follow in DATA frames.
+            let inbound = InboundShared::new(self.stats.clone());
+            if let Some(m) = message {
+                // Not flow controlled: no credit owed.
+                inbound.push_uncredited(m);
+            }
+            let sink: Arc<dyn CreditSink> = self.conn.clone();
+            let body = Body::stream(Incoming::new(
+                inbound.clone(),
+                sink,
+                id,
+                self.conn.recv_stream_window as usize,
+                call.deadline,
+            ));
+            let mut resp = Response::new(body);
+            *resp.metadata_mut() = head.metadata;
+            call.inbound = Some(inbound);
+            call.set_response(Ok(resp), &mut self.wakers);
+        }
+    }
+
+    fn on_data(&mut self, st: &mut ConnState, f: Frame) -> Result<(), (GoawayCode, Status)> {
+        let id = f.stream_id();
+        let len = f.payload.len();
+        if len > 0 {
+            if st.conn_recv_window <= 0 {
+                return Err((
+                    GoawayCode::FlowControlError,
+                    Status::internal("flow control: the server exceeded the connection window"),
+                ));
+            }
+            st.conn_recv_window -= len as i64;
+        }
+        let window = self.conn.recv_conn_window;
+        let Some(call) = st.calls.get_mut(&id) else {
+            st.credit_conn(len, window);
+            return Ok(());
+        };
+        let Some(inbound) = call.inbound.clone() else {
+            if matches!(call.response, Resp::Waiting(_)) {
+                call.fail(
+                    Status::internal("protocol error: DATA before HEADERS"),
+                    &mut self.wakers,
+                );
+                wire::put_cancel(&mut st.wb, id, Code::Internal);
+                st.remove_if_finished(id);
+            }
+            st.credit_conn(len, window);
+            return Ok(());
+        };
+        if len > 0 && call.recv_window <= 0 {
+            call.fail(
+                Status::resource_exhausted("flow control: the server exceeded the stream window"),
+                &mut self.wakers,
+            );
+            wire::put_cancel(&mut st.wb, id, Code::ResourceExhausted);
+            st.remove_if_finished(id);
+            st.credit_conn(len, window);
+            return Ok(());
+        }
+        call.recv_window -= len as i64;
+        let end = f.header.flags.contains(Flags::END_STREAM);
+        let delivered = inbound.push(payload(&f.header, f.payload));
+        if end {
+            call.inbound = None;
+            inbound.finish(Some(Status::internal(
+                "protocol error: the server ended the stream without a status",
+            )));
+            call.close_outbound(&mut self.wakers);
+            st.remove_if_finished(id);
+        }
+        if !delivered {
+            // Nobody reads this stream any more.
+            st.credit_conn(len, window);
+        }
+        Ok(())
+    }
+
+    fn on_window_update(
+        &mut self,
+        st: &mut ConnState,
+        id: u32,
+        payload: &[u8],
+    ) -> Result<(), (GoawayCode, Status)> {
+        let inc = i64::from(wire::window_increment(payload).unwrap_or(0));
+        if id == 0 {
+            st.conn_send_window += inc;
+            if inc == 0 || st.conn_send_window > MAX_WINDOW {
+                return Err((
+                    GoawayCode::FlowControlError,
+                    Status::internal("flow control: bad connection WINDOW_UPDATE from the server"),
+                ));
+            }
+            if st.conn_send_window > 0 {
+                self.wakers.append(&mut st.conn_blocked);
+            }
+            return Ok(());
+        }
+        let Some(call) = st.calls.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(out) = call.outbound.as_mut() else {
+            return Ok(());
+        };
+        out.window += inc;
+        if inc == 0 || out.window > MAX_WINDOW {
+            call.fail(
+                Status::resource_exhausted("flow control: bad WINDOW_UPDATE from the server"),
+                &mut self.wakers,
+            );
+            wire::put_cancel(&mut st.wb, id, Code::ResourceExhausted);
+            st.remove_if_finished(id);
+        } else if out.window > 0 {
+            if let Some(w) = out.waker.take() {
+                self.wakers.push(w);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_goaway(&mut self, st: &mut ConnState, payload: &[u8]) {
+        let g = Goaway::parse(payload).unwrap_or(Goaway {
+            last_stream_id: 0,
+            code: GoawayCode::ProtocolError,
+            message: "malformed GOAWAY".into(),
+        });
+        if g.code == GoawayCode::NoError {
+            tracing::debug!(conn = self.conn.id, peer = %self.conn.peer, last = g.last_stream_id, "server sent GOAWAY: {}", g.message);
+        } else {
+            tracing::warn!(conn = self.conn.id, peer = %self.conn.peer, code = ?g.code, "server sent GOAWAY: {}", g.message);
+        }
+        st.draining = true;
+        self.conn.usable.store(false, Ordering::Release);
+        let refused = Status::unavailable(format!(
+            "server is going away ({}); the call was not processed",
+            g.message
+        ))
+        .with_refused(true);
+        for (&id, call) in st.calls.iter_mut() {
+            if id > g.last_stream_id {
+                call.fail(refused.clone(), &mut self.wakers);
+            }
+        }
+        st.calls.retain(|_, c| !c.finished());
     }
 }
 
@@ -772,30 +1186,15 @@ fn payload(h: &FrameHeader, bytes: Bytes) -> Payload {
     }
 }
 
+/// The outcome of a response that ended in its HEADERS frame.
 fn finish(head: ResponseHead, message: Option<Payload>) -> Result<Response<Body>, Status> {
-    finish_with_trailers(head, message, MetadataMap::new())
-}
-
-fn finish_with_trailers(
-    mut head: ResponseHead,
-    message: Option<Payload>,
-    trailers: MetadataMap,
-) -> Result<Response<Body>, Status> {
     match head.code {
         Some(Code::Ok) => {
             let body = message.map_or_else(Body::empty, Body::once);
-            let metadata = std::mem::take(&mut head.metadata);
             let mut resp = Response::new(body);
-            *resp.metadata_mut() = metadata;
-            if !trailers.is_empty() {
-                resp.extensions_mut().insert(Trailers(trailers));
-            }
+            *resp.metadata_mut() = head.metadata;
             Ok(resp)
         }
-        _ => {
-            let mut status = head.into_status();
-            status.metadata_mut().extend(trailers);
-            Err(status)
-        }
+        _ => Err(head.into_status()),
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct ClientConfig {
     pub(crate) max_send_message: usize,
     pub(crate) max_metadata: usize,
     pub(crate) tcp_nodelay: bool,
+    pub(crate) stream_window: u32,
+    pub(crate) connection_window: u32,
     pub(crate) stats: Option<Arc<crate::stats::TransportStats>>,
 }
 
@@ -41,6 +43,8 @@ impl Default for ClientConfig {
             max_send_message: frame::DEFAULT_MAX_MESSAGE,
             max_metadata: frame::DEFAULT_MAX_METADATA,
             tcp_nodelay: true,
+            stream_window: frame::DEFAULT_STREAM_WINDOW,
+            connection_window: frame::DEFAULT_CONNECTION_WINDOW,
             stats: None,
         }
     }
@@ -51,6 +55,8 @@ impl ClientConfig {
         Settings {
             max_message_size: Some(self.max_message.min(u32::MAX as usize) as u32),
             max_metadata_size: Some(self.max_metadata.min(u32::MAX as usize) as u32),
+            initial_stream_window: Some(self.stream_window),
+            initial_connection_window: Some(self.connection_window),
             ..Settings::default()
         }
     }
@@ -192,6 +198,20 @@ impl Endpoint {
     /// Largest metadata block accepted (default 16 KiB).
     pub fn max_metadata_size(mut self, n: usize) -> Self {
         self.config.max_metadata = n.min(frame::MAX_METADATA_FIELD);
+        self
+    }
+
+    /// Flow control: how many bytes of a response stream may be in flight
+    /// before the application reads them (default 1 MiB).
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.config.stream_window = bytes.clamp(1, frame::MAX_WINDOW as u32);
+        self
+    }
+
+    /// Flow control: the same for all streams of a connection together
+    /// (default 16 MiB).
+    pub fn connection_window(mut self, bytes: u32) -> Self {
+        self.config.connection_window = bytes.clamp(1, frame::MAX_WINDOW as u32);
         self
     }
 

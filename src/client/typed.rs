@@ -7,8 +7,10 @@ use tower_service::Service;
 
 use crate::body::{Body, Payload};
 use crate::codec::{set_codec_name, Codec, Json};
-use crate::request::{Method, Request, Response};
+use crate::request::{Method, Request, RequestParts, Response};
 use crate::status::{BoxError, Code, Status};
+use crate::stream::Streaming;
+use futures_core::Stream;
 
 /// Typed calls with codec `C` over a service stack `S` (a [`Channel`](crate::Channel)
 /// wrapped in any layers).
@@ -77,7 +79,10 @@ impl<S, C> Client<S, C> {
         S: Service<Request<Body>, Response = Response<Body>>,
         S::Error: Into<BoxError>,
     {
-        Ok(self.unary(method, Request::new(message)).await?.into_inner())
+        Ok(self
+            .unary(method, Request::new(message))
+            .await?
+            .into_inner())
     }
 
     /// Calls a unary method: encodes the request with the codec, sends it
@@ -93,24 +98,144 @@ impl<S, C> Client<S, C> {
         S: Service<Request<Body>, Response = Response<Body>>,
         S::Error: Into<BoxError>,
     {
-        let (mut parts, message) = request.into_parts();
-        parts.method = method.into();
+        let resp = self.send_one(method.into(), request).await?;
+        let (metadata, extensions, body) = resp.into_parts();
+        let payload = body.into_single().await?;
+        let message = decode_response(&self.codec, payload)?;
+        Ok(Response::from_parts(metadata, extensions, message))
+    }
+
+    /// Calls a server-streaming method: one request, a stream of replies.
+    ///
+    /// The call's deadline (if any) covers the whole stream; dropping the
+    /// returned stream cancels the call on the server.
+    pub async fn server_streaming<Req, Resp>(
+        &mut self,
+        method: impl Into<Method>,
+        request: Request<Req>,
+    ) -> Result<Response<Streaming<Resp>>, Status>
+    where
+        C: Codec<Req> + Codec<Resp>,
+        S: Service<Request<Body>, Response = Response<Body>>,
+        S::Error: Into<BoxError>,
+        Resp: 'static,
+    {
+        let resp = self.send_one(method.into(), request).await?;
+        Ok(self.typed_stream(resp))
+    }
+
+    /// Calls a client-streaming method: a stream of requests, one reply.
+    pub async fn client_streaming<Req, Resp, St>(
+        &mut self,
+        method: impl Into<Method>,
+        request: Request<St>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        C: Codec<Req> + Codec<Resp>,
+        S: Service<Request<Body>, Response = Response<Body>>,
+        S::Error: Into<BoxError>,
+        St: Stream<Item = Req> + Send + 'static,
+        Req: 'static,
+    {
+        let resp = self.send_stream(method.into(), request).await?;
+        let (metadata, extensions, body) = resp.into_parts();
+        let payload = body.into_single().await?;
+        let message = decode_response(&self.codec, payload)?;
+        Ok(Response::from_parts(metadata, extensions, message))
+    }
+
+    /// Calls a bidirectional-streaming method: streams both ways, concurrently.
+    pub async fn bidi_streaming<Req, Resp, St>(
+        &mut self,
+        method: impl Into<Method>,
+        request: Request<St>,
+    ) -> Result<Response<Streaming<Resp>>, Status>
+    where
+        C: Codec<Req> + Codec<Resp>,
+        S: Service<Request<Body>, Response = Response<Body>>,
+        S::Error: Into<BoxError>,
+        St: Stream<Item = Req> + Send + 'static,
+        Req: 'static,
+        Resp: 'static,
+    {
+        let resp = self.send_stream(method.into(), request).await?;
+        Ok(self.typed_stream(resp))
+    }
+
+    async fn send_one<Req>(
+        &mut self,
+        method: Method,
+        request: Request<Req>,
+    ) -> Result<Response<Body>, Status>
+    where
+        C: Codec<Req>,
+        S: Service<Request<Body>, Response = Response<Body>>,
+        S::Error: Into<BoxError>,
+    {
+        let (parts, message) = request.into_parts();
         let bytes = Codec::<Req>::encode_to_bytes(&self.codec, &message)?;
-        set_codec_name(&mut parts.metadata, Codec::<Req>::name(&self.codec));
-        let req = Request::from_parts(parts, Body::once(Payload::new(bytes)));
+        self.send(
+            method,
+            parts,
+            Body::once(Payload::new(bytes)),
+            Codec::<Req>::name(&self.codec),
+        )
+        .await
+    }
+
+    async fn send_stream<Req, St>(
+        &mut self,
+        method: Method,
+        request: Request<St>,
+    ) -> Result<Response<Body>, Status>
+    where
+        C: Codec<Req>,
+        S: Service<Request<Body>, Response = Response<Body>>,
+        S::Error: Into<BoxError>,
+        St: Stream<Item = Req> + Send + 'static,
+        Req: 'static,
+    {
+        use futures_util::StreamExt;
+        let (parts, stream) = request.into_parts();
+        let codec = self.codec.clone();
+        let name = Codec::<Req>::name(&codec);
+        let body = Body::stream(
+            stream.map(move |msg| Ok(Payload::new(Codec::<Req>::encode_to_bytes(&codec, &msg)?))),
+        );
+        self.send(method, parts, body, name).await
+    }
+
+    async fn send(
+        &mut self,
+        method: Method,
+        mut parts: RequestParts,
+        body: Body,
+        codec: &'static str,
+    ) -> Result<Response<Body>, Status>
+    where
+        S: Service<Request<Body>, Response = Response<Body>>,
+        S::Error: Into<BoxError>,
+    {
+        parts.method = method;
+        set_codec_name(&mut parts.metadata, codec);
+        let req = Request::from_parts(parts, body);
         let svc = self
             .inner
             .ready()
             .await
             .map_err(|e| Status::from_error(e.into()))?;
-        let resp = svc
-            .call(req)
+        svc.call(req)
             .await
-            .map_err(|e| Status::from_error(e.into()))?;
-        let (metadata, extensions, body) = resp.into_parts();
-        let payload = body.into_single().await?;
-        let message = decode_response(&self.codec, payload)?;
-        Ok(Response::from_parts(metadata, extensions, message))
+            .map_err(|e| Status::from_error(e.into()))
+    }
+
+    fn typed_stream<Resp>(&self, resp: Response<Body>) -> Response<Streaming<Resp>>
+    where
+        C: Codec<Resp>,
+        Resp: 'static,
+    {
+        let codec = self.codec.clone();
+        resp.map(move |body| Streaming::new(body, move |p| decode_response(&codec, p)))
     }
 }
 

@@ -40,6 +40,12 @@ pub const MAX_CONTROL_PAYLOAD: usize = 16 * 1024;
 pub const DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 /// Default largest metadata block accepted: 16 KiB.
 pub const DEFAULT_MAX_METADATA: usize = 16 * 1024;
+/// Default initial per-stream receive window (flow control): 1 MiB.
+pub const DEFAULT_STREAM_WINDOW: u32 = 1 << 20;
+/// Default initial connection receive window (flow control): 16 MiB.
+pub const DEFAULT_CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest flow-control window.
+pub const MAX_WINDOW: i64 = (1 << 31) - 1;
 
 /// Frame types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -15,7 +15,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_service::Service;
 
-use super::calls::{CallFuture, CallSet};
+use super::calls::{CallFuture, CallSet, Signal};
 use super::ServerConfig;
 use crate::body::{Body, Payload};
 use crate::frame::{
@@ -25,6 +25,7 @@ use crate::frame::{
 use crate::metadata::MetadataMap;
 use crate::request::{Request, Response};
 use crate::status::{BoxError, Code, Status};
+use crate::stream::{InboundShared, Incoming};
 use crate::util::IdMap;
 use crate::wire;
 
@@ -196,6 +197,13 @@ pub(crate) async fn serve_connection<IO, S>(
         highest_id: 0,
         peer_max_message: frame::DEFAULT_MAX_MESSAGE,
         peer_max_metadata: frame::DEFAULT_MAX_METADATA,
+        peer_stream_window: frame::DEFAULT_STREAM_WINDOW,
+        conn_send_window: i64::from(frame::DEFAULT_CONNECTION_WINDOW),
+        conn_recv_window: i64::from(cfg.connection_window),
+        conn_recv_unacked: 0,
+        parked: Vec::new(),
+        ready: Vec::new(),
+        signals: Vec::new(),
         got_settings: false,
         draining: false,
         read_closed: false,
@@ -209,6 +217,7 @@ pub(crate) async fn serve_connection<IO, S>(
         ping_sent: None,
         mid_frame_since: None,
         write_blocked_since: None,
+        next_idle_stream_check: None,
         ok: Status::new(Code::Ok, ""),
         cfg,
     };
@@ -231,6 +240,26 @@ enum Close {
     Forced,
 }
 
+/// The server's view of one open stream.
+struct StreamState {
+    /// The call's slot in the call set, once dispatched and not finished.
+    slot: Option<usize>,
+    /// The request stream, while the client may still send.
+    inbound: Option<Arc<InboundShared>>,
+    /// When the request stream last received a frame.
+    last_recv: Instant,
+    /// Receive window left for this stream's DATA.
+    recv_window: i64,
+    /// Send window left for the response stream's DATA.
+    send_window: i64,
+    /// Response metadata, until the response HEADERS are sent.
+    headers: Option<MetadataMap>,
+    /// The handler no longer reads its request stream: DATA is discarded.
+    discard: bool,
+    /// Waiting for a WINDOW_UPDATE on this stream.
+    blocked: bool,
+}
+
 struct ServerConn<IO, S: Service<Request<Body>>> {
     io: IO,
     peer: SocketAddr,
@@ -240,11 +269,21 @@ struct ServerConn<IO, S: Service<Request<Body>>> {
     codec: FrameCodec,
     wbuf: WriteBuf,
     calls: CallSet<S::Future>,
-    streams: IdMap<usize>,
+    /// Streams that are open and not finished immediately (pending unary
+    /// calls, streaming calls).
+    streams: IdMap<StreamState>,
     pending: Option<(u32, Request<Body>)>,
     highest_id: u32,
     peer_max_message: usize,
     peer_max_metadata: usize,
+    peer_stream_window: u32,
+    conn_send_window: i64,
+    conn_recv_window: i64,
+    conn_recv_unacked: usize,
+    /// Streaming calls waiting for connection window or write buffer room.
+    parked: Vec<usize>,
+    ready: Vec<usize>,
+    signals: Vec<Signal>,
     got_settings: bool,
     draining: bool,
     read_closed: bool,
@@ -258,8 +297,12 @@ struct ServerConn<IO, S: Service<Request<Body>>> {
     ping_sent: Option<Instant>,
     mid_frame_since: Option<Instant>,
     write_blocked_since: Option<Instant>,
+    next_idle_stream_check: Option<Instant>,
     ok: Status,
 }
+
+/// Most bytes one streaming call writes before other calls get a turn.
+const STREAM_TURN_BYTES: usize = 256 * 1024;
 
 impl<IO, S> ServerConn<IO, S>
 where
@@ -280,10 +323,15 @@ where
             }
             Close::Io(e) => tracing::debug!(peer = %self.peer, error = %e, "trpc connection lost"),
             Close::Forced => {
-                tracing::info!(peer = %self.peer, in_flight = self.calls.len(), "shutdown grace period over; closing connection")
+                tracing::info!(peer = %self.peer, in_flight = self.streams.len(), "shutdown grace period over; closing connection")
             }
         }
         // Drop in-flight handlers now (cancellation), then flush what is left.
+        for (_, st) in self.streams.drain() {
+            if let Some(inbound) = st.inbound {
+                inbound.finish(Some(Status::unavailable("connection closed")));
+            }
+        }
         self.calls = CallSet::new();
         self.pending = None;
         if !matches!(close, Close::Io(_)) {
@@ -311,35 +359,38 @@ where
 
             // A request waiting for the service to become ready.
             if self.pending.is_some() {
-                match self.svc.poll_ready(cx) {
-                    Poll::Ready(r) => {
-                        if let Some((id, req)) = self.pending.take() {
-                            match r {
-                                Ok(()) => self.dispatch(id, req),
-                                Err(e) => self.respond_err(id, Status::from_error(e.into())),
+                if let Poll::Ready(r) = self.svc.poll_ready(cx) {
+                    if let Some((id, req)) = self.pending.take() {
+                        match r {
+                            Ok(()) => self.dispatch(id, req),
+                            Err(e) => {
+                                self.respond_err(id, Status::from_error(e.into()));
+                                self.end_stream(id);
                             }
                         }
-                        progress = true;
                     }
-                    Poll::Pending => {}
-                }
-            }
-
-            // Finished calls → responses.
-            {
-                let (calls, wbuf, streams) = (&mut self.calls, &mut self.wbuf, &mut self.streams);
-                let ok = &self.ok;
-                let limits = (
-                    self.peer_max_message.min(self.cfg.max_send_message),
-                    self.peer_max_metadata,
-                );
-                if calls.poll_ready(cx, |id, result| {
-                    streams.remove(&id);
-                    write_response(wbuf, id, result, ok, limits);
-                }) {
                     progress = true;
                 }
             }
+
+            // Woken calls, and credit from request stream consumers.
+            let mut ready = std::mem::take(&mut self.ready);
+            let mut signals = std::mem::take(&mut self.signals);
+            self.calls.take_ready(cx, &mut ready, &mut signals);
+            if !signals.is_empty() {
+                for s in signals.drain(..) {
+                    self.on_signal(s);
+                }
+                progress = true;
+            }
+            if !ready.is_empty() {
+                for idx in ready.drain(..) {
+                    self.poll_slot(idx);
+                }
+                progress = true;
+            }
+            self.ready = ready;
+            self.signals = signals;
 
             // Read more requests unless backpressured.
             if self.pending.is_none() && !self.read_closed && self.wbuf.len() < WRITE_HIGH_WATER {
@@ -348,8 +399,13 @@ where
                 }
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
                     Poll::Ready(Ok(0)) => {
+                        // The protocol has no half-close: EOF means the client
+                        // is gone, and so are its calls.
                         self.read_closed = true;
-                        progress = true;
+                        if !self.streams.is_empty() || self.pending.is_some() {
+                            tracing::debug!(peer = %self.peer, in_flight = self.streams.len(), "client disconnected; cancelling its calls");
+                        }
+                        return Poll::Ready(Close::Graceful("client closed the connection"));
                     }
                     Poll::Ready(Ok(n)) => {
                         self.last_read = Instant::now();
@@ -369,6 +425,9 @@ where
             // Write.
             if !self.wbuf.is_empty() {
                 let before = self.wbuf.len();
+                if let Some(s) = &self.cfg.stats {
+                    s.observe_write_buffered(before);
+                }
                 let flushed = self.wbuf.poll_flush(Pin::new(&mut self.io), cx);
                 if let Some(s) = &self.cfg.stats {
                     s.on_write(before - self.wbuf.len());
@@ -389,9 +448,18 @@ where
                     }
                 }
             }
+            if !self.parked.is_empty()
+                && self.conn_send_window > 0
+                && self.wbuf.len() < WRITE_HIGH_WATER / 2
+            {
+                for idx in self.parked.drain(..) {
+                    self.calls.wake(idx);
+                }
+                progress = true;
+            }
 
             // Idle: give memory back.
-            if self.calls.is_empty() && self.pending.is_none() && self.wbuf.is_empty() {
+            if self.streams.is_empty() && self.pending.is_none() && self.wbuf.is_empty() {
                 self.wbuf.release();
                 self.calls.shrink();
                 if self.rbuf.is_empty() && self.rbuf.capacity() > 0 && !progress {
@@ -422,7 +490,7 @@ where
         let last = self.highest_id;
         self.wbuf
             .put(|b| frame::put_goaway(b, last, GoawayCode::NoError, why));
-        tracing::debug!(peer = %self.peer, last_stream = last, in_flight = self.calls.len(), "sent GOAWAY: {why}");
+        tracing::debug!(peer = %self.peer, last_stream = last, in_flight = self.streams.len(), "sent GOAWAY: {why}");
     }
 
     fn ensure_timer(&mut self, at: Instant) {
@@ -452,6 +520,9 @@ where
         }
         if let Some(since) = self.write_blocked_since {
             at = at.min(since + cfg.write_timeout);
+        }
+        if let Some(check) = self.next_idle_stream_check {
+            at = at.min(check);
         }
         self.timer_at = at.max(now);
         self.timer.as_mut().reset(self.timer_at);
@@ -490,13 +561,16 @@ where
             }
         }
         if let Some(idle) = cfg.idle_timeout {
-            if self.calls.is_empty()
+            if self.streams.is_empty()
                 && self.pending.is_none()
                 && now >= self.last_call + idle
                 && !self.draining
             {
                 self.start_drain("idle timeout");
             }
+        }
+        if self.next_idle_stream_check.is_some_and(|t| now >= t) {
+            self.expire_idle_streams(now);
         }
         if let Some((interval, timeout)) = cfg.keepalive {
             if let Some(sent) = self.ping_sent {
@@ -510,13 +584,39 @@ where
                 }
             }
             if self.ping_sent.is_none() && now >= self.last_read + interval {
-                self.wbuf
-                    .put(|b| frame::put_ping(b, false, [0x74, 0x52, 0, 0, 0, 0, 0, 1]));
+                self.wbuf.put(|b| frame::put_ping(b, false, *b"trpcping"));
                 self.ping_sent = Some(now);
             }
         }
         self.arm_timer(now);
         None
+    }
+
+    /// Ends streams whose client has sent nothing for the stream idle timeout
+    /// while the request stream is still open.
+    fn expire_idle_streams(&mut self, now: Instant) {
+        let timeout = self.cfg.stream_idle_timeout;
+        let mut next: Option<Instant> = None;
+        let mut expired = Vec::new();
+        for (&id, st) in &self.streams {
+            if st.inbound.is_some() {
+                if now >= st.last_recv + timeout {
+                    expired.push(id);
+                } else {
+                    let at = st.last_recv + timeout;
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        for id in expired {
+            tracing::debug!(peer = %self.peer, stream = id, "stream idle timeout");
+            let status = Status::deadline_exceeded(format!(
+                "stream idle timeout: no message from the client for {}",
+                crate::util::fmt_duration(timeout)
+            ));
+            self.fail_stream(id, status);
+        }
+        self.next_idle_stream_check = next;
     }
 
     /// Decodes and applies every complete frame; stops early when a request is
@@ -575,9 +675,11 @@ where
                 self.respond_err(id, Status::resource_exhausted(what));
             }
             Some(FrameType::Data) => {
-                if let Some(idx) = self.streams.remove(&id) {
-                    self.calls.remove(idx);
-                    self.respond_err(id, Status::resource_exhausted(what));
+                // The client counted these bytes against the connection window.
+                self.conn_recv_window -= i64::from(h.payload_len);
+                self.credit_conn(h.payload_len as usize);
+                if self.streams.contains_key(&id) {
+                    self.fail_stream(id, Status::resource_exhausted(what));
                 }
             }
             _ => {}
@@ -612,12 +714,27 @@ where
         }
         match kind {
             Some(FrameType::Headers) => return self.on_headers(f, cx),
+            Some(FrameType::Data) => return self.on_data(f),
+            Some(FrameType::Trailers) => {
+                // The client half-closed its request stream.
+                if let Some(st) = self.streams.get_mut(&f.stream_id()) {
+                    if let Some(inbound) = st.inbound.take() {
+                        inbound.finish(None);
+                    }
+                }
+            }
             Some(FrameType::Cancel) => {
                 let id = f.stream_id();
-                if let Some(idx) = self.streams.remove(&id) {
-                    self.calls.remove(idx);
-                    tracing::debug!(peer = %self.peer, stream = id, "call cancelled by the client");
+                if self.pending.as_ref().is_some_and(|(p, _)| *p == id) {
+                    self.pending = None;
                 }
+                if self.streams.contains_key(&id) {
+                    tracing::debug!(peer = %self.peer, stream = id, "call cancelled by the client");
+                    self.drop_stream(id, Status::cancelled("call cancelled by the client"));
+                }
+            }
+            Some(FrameType::WindowUpdate) => {
+                return self.on_window_update(f.stream_id(), &f.payload)
             }
             Some(FrameType::Ping) => {
                 let mut data = [0u8; 8];
@@ -634,6 +751,12 @@ where
                     if let Some(v) = s.max_metadata_size {
                         self.peer_max_metadata = v as usize;
                     }
+                    if let Some(v) = s.initial_stream_window {
+                        self.peer_stream_window = v.min(frame::MAX_WINDOW as u32);
+                    }
+                    if let (Some(v), false) = (s.initial_connection_window, self.highest_id > 0) {
+                        self.conn_send_window = i64::from(v).min(frame::MAX_WINDOW);
+                    }
                 }
                 None => {
                     return Some(Close::Error(
@@ -645,9 +768,6 @@ where
             Some(FrameType::Goaway) => {
                 tracing::debug!(peer = %self.peer, "client sent GOAWAY");
             }
-            // Streaming frames for streams this connection does not know (or no
-            // longer knows: finished or cancelled) are ignored.
-            Some(FrameType::Data | FrameType::Trailers | FrameType::WindowUpdate) => {}
             None => {
                 tracing::trace!(peer = %self.peer, kind = f.header.kind, "ignoring unknown frame type");
             }
@@ -669,7 +789,7 @@ where
             );
             return None;
         }
-        if self.calls.len() >= self.cfg.max_concurrent_streams as usize {
+        if self.streams.len() >= self.cfg.max_concurrent_streams as usize {
             self.respond_err(
                 id,
                 Status::resource_exhausted(format!(
@@ -677,14 +797,6 @@ where
                     self.cfg.max_concurrent_streams
                 ))
                 .with_refused(true),
-            );
-            return None;
-        }
-        let flags = f.flags();
-        if !flags.contains(Flags::END_STREAM) {
-            self.respond_err(
-                id,
-                Status::unimplemented("streaming requests are not supported by this server"),
             );
             return None;
         }
@@ -696,13 +808,28 @@ where
                 return None;
             }
         };
-        let body = if flags.contains(Flags::MESSAGE) {
-            Body::once(Payload {
-                bytes: f.payload,
-                compressed: flags.contains(Flags::COMPRESSED),
-            })
+        let flags = f.header.flags;
+        let message = flags.contains(Flags::MESSAGE).then(|| Payload {
+            bytes: f.payload,
+            compressed: flags.contains(Flags::COMPRESSED),
+        });
+        let body = if flags.contains(Flags::END_STREAM) {
+            message.map_or_else(Body::empty, Body::once)
         } else {
-            Body::empty()
+            // A streaming request: messages follow in DATA frames.
+            let inbound = InboundShared::new(self.cfg.stats.clone());
+            if let Some(m) = message {
+                inbound.push_uncredited(m);
+            }
+            let body = Body::stream(Incoming::new(
+                inbound.clone(),
+                self.calls.sink(),
+                id,
+                self.cfg.stream_window as usize,
+                None,
+            ));
+            self.open_stream(id, Some(inbound));
+            body
         };
         let mut req = Request::new(body).with_method(head.method);
         *req.metadata_mut() = head.metadata;
@@ -718,10 +845,166 @@ where
 
         match self.svc.poll_ready(cx) {
             Poll::Ready(Ok(())) => self.dispatch(id, req),
-            Poll::Ready(Err(e)) => self.respond_err(id, Status::from_error(e.into())),
-            Poll::Pending => self.pending = Some((id, req)),
+            Poll::Ready(Err(e)) => {
+                self.respond_err(id, Status::from_error(e.into()));
+                self.end_stream(id);
+            }
+            Poll::Pending => {
+                self.open_stream(id, None);
+                self.pending = Some((id, req));
+            }
         }
         None
+    }
+
+    fn open_stream(&mut self, id: u32, inbound: Option<Arc<InboundShared>>) {
+        if inbound.is_some() && self.next_idle_stream_check.is_none() {
+            let at = self.last_read + self.cfg.stream_idle_timeout;
+            self.next_idle_stream_check = Some(at);
+            self.ensure_timer(at);
+        }
+        let entry = self.streams.entry(id).or_insert_with(|| StreamState {
+            slot: None,
+            inbound: None,
+            last_recv: self.last_read,
+            recv_window: i64::from(self.cfg.stream_window),
+            send_window: i64::from(self.peer_stream_window),
+            headers: None,
+            discard: false,
+            blocked: false,
+        });
+        if inbound.is_some() {
+            entry.inbound = inbound;
+        }
+    }
+
+    fn on_data(&mut self, f: Frame) -> Option<Close> {
+        let id = f.stream_id();
+        let len = f.payload.len();
+        if len > 0 {
+            if self.conn_recv_window <= 0 {
+                return Some(Close::Error(
+                    GoawayCode::FlowControlError,
+                    "flow control: the client exceeded the connection window".into(),
+                ));
+            }
+            self.conn_recv_window -= len as i64;
+        }
+        let end = f.header.flags.contains(Flags::END_STREAM);
+        let last_read = self.last_read;
+        let Some(st) = self.streams.get_mut(&id) else {
+            // Unknown or finished stream: ignored.
+            self.credit_conn(len);
+            return None;
+        };
+        let Some(inbound) = st.inbound.clone() else {
+            // Data after the end of the request stream: ignored.
+            self.credit_conn(len);
+            return None;
+        };
+        st.last_recv = last_read;
+        if len > 0 && st.recv_window <= 0 && !st.discard {
+            self.credit_conn(len);
+            self.fail_stream(
+                id,
+                Status::resource_exhausted("flow control: the client exceeded the stream window"),
+            );
+            return None;
+        }
+        let delivered = !st.discard
+            && inbound.push(Payload {
+                bytes: f.payload,
+                compressed: f.header.flags.contains(Flags::COMPRESSED),
+            });
+        if delivered {
+            st.recv_window -= len as i64;
+        } else if len > 0 {
+            // Nobody reads this stream: credit it back at once.
+            st.discard = true;
+            self.wbuf
+                .put(|b| frame::put_window_update(b, id, len as u32));
+            self.credit_conn(len);
+        }
+        if end {
+            if let Some(st) = self.streams.get_mut(&id) {
+                st.inbound = None;
+            }
+            inbound.finish(None);
+        }
+        None
+    }
+
+    fn on_window_update(&mut self, id: u32, payload: &[u8]) -> Option<Close> {
+        let inc = i64::from(wire::window_increment(payload).unwrap_or(0));
+        if id == 0 {
+            self.conn_send_window += inc;
+            if inc == 0 || self.conn_send_window > frame::MAX_WINDOW {
+                return Some(Close::Error(
+                    GoawayCode::FlowControlError,
+                    "flow control: bad connection WINDOW_UPDATE".into(),
+                ));
+            }
+            return None;
+        }
+        let Some(st) = self.streams.get_mut(&id) else {
+            return None;
+        };
+        st.send_window += inc;
+        if inc == 0 || st.send_window > frame::MAX_WINDOW {
+            self.drop_stream(
+                id,
+                Status::resource_exhausted("flow control: bad WINDOW_UPDATE"),
+            );
+            wire::put_cancel(&mut self.wbuf, id, Code::ResourceExhausted);
+        } else if st.blocked && st.send_window > 0 {
+            st.blocked = false;
+            if let Some(idx) = st.slot {
+                self.calls.wake(idx);
+            }
+        }
+        None
+    }
+
+    fn on_signal(&mut self, s: Signal) {
+        match s {
+            Signal::Credit(id, n) => {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    if st.inbound.is_some() {
+                        let inc = n.min(frame::MAX_WINDOW as usize);
+                        st.recv_window += inc as i64;
+                        self.wbuf
+                            .put(|b| frame::put_window_update(b, id, inc as u32));
+                    }
+                }
+                self.credit_conn(n);
+            }
+            Signal::Dropped(id, unconsumed) => {
+                self.credit_conn(unconsumed);
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.discard = true;
+                    if unconsumed > 0 && st.inbound.is_some() {
+                        st.recv_window += unconsumed as i64;
+                        self.wbuf
+                            .put(|b| frame::put_window_update(b, id, unconsumed as u32));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns connection-level credit for `n` received bytes.
+    fn credit_conn(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.conn_recv_unacked += n;
+        if self.conn_recv_unacked >= (self.cfg.connection_window as usize / 2).max(1) {
+            let inc = self.conn_recv_unacked.min(frame::MAX_WINDOW as usize);
+            self.conn_recv_unacked -= inc;
+            self.conn_recv_window += inc as i64;
+            self.wbuf
+                .put(|b| frame::put_window_update(b, 0, inc as u32));
+        }
     }
 
     fn dispatch(&mut self, id: u32, req: Request<Body>) {
@@ -730,15 +1013,221 @@ where
         let fut = CallFuture::new(self.svc.call(req), deadline, method);
         match self.calls.push(id, fut) {
             Ok(idx) => {
-                self.streams.insert(id, idx);
+                self.open_stream(id, None);
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.slot = Some(idx);
+                }
             }
-            Err(result) => {
-                let limits = (
-                    self.peer_max_message.min(self.cfg.max_send_message),
+            Err((fut, result)) => self.on_handler_done(id, fut, result),
+        }
+    }
+
+    fn limits(&self) -> (usize, usize) {
+        (
+            self.peer_max_message.min(self.cfg.max_send_message),
+            self.peer_max_metadata,
+        )
+    }
+
+    /// The handler of stream `id` finished.
+    fn on_handler_done(
+        &mut self,
+        id: u32,
+        fut: Pin<Box<CallFuture<S::Future>>>,
+        result: Result<Response<Body>, Status>,
+    ) {
+        match result {
+            Ok(resp) if resp.get_ref().is_stream() => {
+                let (metadata, _ext, body) = resp.into_parts();
+                let idx = self.calls.insert_streaming(id, fut, body);
+                self.open_stream(id, None);
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.slot = Some(idx);
+                    st.headers = Some(metadata);
+                }
+                self.poll_stream(idx, id);
+            }
+            result => {
+                let limits = self.limits();
+                write_response(&mut self.wbuf, id, result, &self.ok, limits);
+                self.end_stream(id);
+            }
+        }
+    }
+
+    fn poll_slot(&mut self, idx: usize) {
+        let Some((id, streaming)) = self.calls.info(idx) else {
+            return;
+        };
+        if streaming {
+            self.poll_stream(idx, id);
+        } else if let Some((fut, result)) = self.calls.poll_handler(idx) {
+            if let Some(st) = self.streams.get_mut(&id) {
+                st.slot = None;
+            }
+            self.on_handler_done(id, fut, result);
+        }
+    }
+
+    /// Writes what the response stream of call `idx` has ready, as far as flow
+    /// control and fairness allow.
+    fn poll_stream(&mut self, idx: usize, id: u32) {
+        if self.calls.deadline_passed(idx) {
+            self.end_response(
+                idx,
+                id,
+                Status::deadline_exceeded("deadline exceeded: the server cancelled the call"),
+            );
+            return;
+        }
+        let (max_message, _) = self.limits();
+        let mut written = 0;
+        loop {
+            let Some(st) = self.streams.get_mut(&id) else {
+                self.calls.remove(idx);
+                return;
+            };
+            if st.send_window <= 0 {
+                st.blocked = true;
+                return;
+            }
+            if self.conn_send_window <= 0 || self.wbuf.len() >= WRITE_HIGH_WATER {
+                self.parked.push(idx);
+                return;
+            }
+            if written >= STREAM_TURN_BYTES {
+                self.calls.wake(idx);
+                return;
+            }
+            match self.calls.poll_item(idx) {
+                Poll::Pending => {
+                    if let Some(md) = self.streams.get_mut(&id).and_then(|st| st.headers.take()) {
+                        // Let the client see the response headers now.
+                        wire::put_response_headers(
+                            &mut self.wbuf,
+                            id,
+                            &md,
+                            None,
+                            None,
+                            self.peer_max_metadata,
+                        );
+                    }
+                    return;
+                }
+                Poll::Ready(Some(Ok(p))) => {
+                    if p.len() > max_message {
+                        let status = Status::resource_exhausted(format!(
+                            "response message of {} bytes exceeds the limit of {max_message} bytes",
+                            p.len()
+                        ));
+                        self.end_response(idx, id, status);
+                        return;
+                    }
+                    written += p.len();
+                    let Some(st) = self.streams.get_mut(&id) else {
+                        return;
+                    };
+                    match st.headers.take() {
+                        Some(md) => {
+                            // The first message rides in the HEADERS frame
+                            // (not flow controlled).
+                            wire::put_response_headers(
+                                &mut self.wbuf,
+                                id,
+                                &md,
+                                Some(&p),
+                                None,
+                                self.peer_max_metadata,
+                            );
+                        }
+                        None => {
+                            st.send_window -= p.len() as i64;
+                            self.conn_send_window -= p.len() as i64;
+                            wire::put_data(&mut self.wbuf, id, &p, false);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    self.end_response(idx, id, status);
+                    return;
+                }
+                Poll::Ready(None) => {
+                    let ok = self.ok.clone();
+                    self.end_response(idx, id, ok);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Ends a streaming response with `status` (trailers).
+    fn end_response(&mut self, idx: usize, id: u32, status: Status) {
+        self.calls.remove(idx);
+        log_failure(id, &status);
+        let headers = self.streams.get_mut(&id).and_then(|st| st.headers.take());
+        match headers {
+            // A successful end with trailers stays a stream (HEADERS, then
+            // TRAILERS) so the client sees trailers as trailers.
+            Some(md) if status.code() == Code::Ok && !status.metadata().is_empty() => {
+                wire::put_response_headers(
+                    &mut self.wbuf,
+                    id,
+                    &md,
+                    None,
+                    None,
                     self.peer_max_metadata,
                 );
-                write_response(&mut self.wbuf, id, result, &self.ok, limits);
+                wire::put_trailers(&mut self.wbuf, id, Some(&status), self.peer_max_metadata);
             }
+            Some(md) => wire::put_response_headers(
+                &mut self.wbuf,
+                id,
+                &md,
+                None,
+                Some(&status),
+                self.peer_max_metadata,
+            ),
+            None => wire::put_trailers(&mut self.wbuf, id, Some(&status), self.peer_max_metadata),
+        }
+        self.end_stream(id);
+    }
+
+    /// Forgets stream `id` after its end was sent.
+    fn end_stream(&mut self, id: u32) {
+        if let Some(st) = self.streams.remove(&id) {
+            if let Some(inbound) = st.inbound {
+                inbound.finish(Some(Status::cancelled("the call already finished")));
+            }
+        }
+    }
+
+    /// Drops stream `id` without answering (the client cancelled).
+    fn drop_stream(&mut self, id: u32, why: Status) {
+        if let Some(st) = self.streams.remove(&id) {
+            if let Some(idx) = st.slot {
+                self.calls.remove(idx);
+            }
+            if let Some(inbound) = st.inbound {
+                inbound.finish(Some(why));
+            }
+        }
+    }
+
+    /// Fails stream `id` with `status`: drops the handler and tells the client.
+    fn fail_stream(&mut self, id: u32, status: Status) {
+        // Response headers went out once a streaming response wrote anything.
+        let headers_sent = self.streams.get(&id).is_some_and(|st| {
+            st.headers.is_none()
+                && st
+                    .slot
+                    .and_then(|idx| self.calls.info(idx))
+                    .is_some_and(|(_, streaming)| streaming)
+        });
+        self.drop_stream(id, status.clone());
+        if headers_sent {
+            wire::put_trailers(&mut self.wbuf, id, Some(&status), self.peer_max_metadata);
+        } else {
+            self.respond_err(id, status);
         }
     }
 
@@ -754,7 +1243,17 @@ where
     }
 }
 
-/// Encodes a finished call's outcome.
+fn log_failure(id: u32, status: &Status) {
+    match status.code() {
+        Code::Ok => {}
+        Code::Internal | Code::Unknown | Code::DataLoss => {
+            tracing::warn!(stream = id, %status, "call failed")
+        }
+        _ => tracing::debug!(stream = id, %status, "call failed"),
+    }
+}
+
+/// Encodes a finished unary call's outcome.
 fn write_response(
     wbuf: &mut WriteBuf,
     id: u32,
@@ -781,9 +1280,6 @@ fn write_response(
                     "response message of {} bytes exceeds the limit of {max_message} bytes",
                     p.len()
                 )),
-                Err(body) if body.is_stream() => {
-                    Status::unimplemented("streaming responses are not supported by this server")
-                }
                 Err(_) => {
                     wire::put_response_headers(wbuf, id, &metadata, None, Some(ok), max_metadata);
                     return;
@@ -792,14 +1288,7 @@ fn write_response(
         }
         Err(status) => status,
     };
-    if matches!(
-        status.code(),
-        Code::Internal | Code::Unknown | Code::DataLoss
-    ) {
-        tracing::warn!(stream = id, %status, "call failed");
-    } else {
-        tracing::debug!(stream = id, %status, "call failed");
-    }
+    log_failure(id, &status);
     wire::put_response_headers(
         wbuf,
         id,

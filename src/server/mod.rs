@@ -26,7 +26,10 @@ mod calls;
 mod conn;
 mod router;
 
-pub use router::{unary, BoxFuture, Handler, RouteFuture, Router, Unary};
+pub use router::{
+    bidi_streaming, client_streaming, server_streaming, unary, BidiStreaming, BoxFuture,
+    ClientStreaming, Handler, RouteFuture, Router, ServerStreaming, Unary,
+};
 
 use std::future::{pending, Future};
 use std::io;
@@ -63,6 +66,9 @@ pub(crate) struct ServerConfig {
     pub(crate) keepalive: Option<(Duration, Duration)>,
     pub(crate) shutdown_grace: Duration,
     pub(crate) tcp_nodelay: bool,
+    pub(crate) stream_window: u32,
+    pub(crate) connection_window: u32,
+    pub(crate) stream_idle_timeout: Duration,
     pub(crate) stats: Option<Arc<crate::stats::TransportStats>>,
 }
 
@@ -82,6 +88,9 @@ impl Default for ServerConfig {
             keepalive: Some((Duration::from_secs(60), Duration::from_secs(20))),
             shutdown_grace: Duration::from_secs(10),
             tcp_nodelay: true,
+            stream_window: frame::DEFAULT_STREAM_WINDOW,
+            connection_window: frame::DEFAULT_CONNECTION_WINDOW,
+            stream_idle_timeout: Duration::from_secs(300),
             stats: None,
         }
     }
@@ -93,7 +102,8 @@ impl ServerConfig {
             max_concurrent_streams: Some(self.max_concurrent_streams),
             max_message_size: Some(self.max_message.min(u32::MAX as usize) as u32),
             max_metadata_size: Some(self.max_metadata.min(u32::MAX as usize) as u32),
-            ..Settings::default()
+            initial_stream_window: Some(self.stream_window),
+            initial_connection_window: Some(self.connection_window),
         }
     }
 }
@@ -210,6 +220,27 @@ impl<L> Server<L> {
     /// anyway (default 10 s).
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.config.shutdown_grace = d;
+        self
+    }
+
+    /// Flow control: bytes of a request stream that may be in flight before
+    /// the handler reads them (default 1 MiB).
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.config.stream_window = bytes.clamp(1, frame::MAX_WINDOW as u32);
+        self
+    }
+
+    /// Flow control: the same for all streams of a connection together
+    /// (default 16 MiB).
+    pub fn connection_window(mut self, bytes: u32) -> Self {
+        self.config.connection_window = bytes.clamp(1, frame::MAX_WINDOW as u32);
+        self
+    }
+
+    /// A stream whose client has sent nothing for this long while its request
+    /// stream is still open is ended with DEADLINE_EXCEEDED (default 5 min).
+    pub fn stream_idle_timeout(mut self, d: Duration) -> Self {
+        self.config.stream_idle_timeout = d;
         self
     }
 

@@ -28,12 +28,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use futures_core::Stream;
 use tower_service::Service;
 
 use crate::body::{Body, Payload};
 use crate::codec::{codec_name, set_codec_name, CodecSet, Json};
 use crate::request::{Request, Response};
 use crate::status::Status;
+use crate::stream::Streaming;
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -89,35 +91,19 @@ where
         let f = self.f.clone();
         let codecs = self.codec.clone();
         Box::pin(async move {
-            let name = codec_name(req.metadata());
-            let which = codecs.pick(name).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "method {} does not accept codec {name:?} (accepted: {})",
-                    req.method(),
-                    codecs.names().join(", ")
-                ))
-            })?;
+            let which = pick_codec(&codecs, &req)?;
             let (parts, body) = req.into_parts();
             let payload = match body.into_once() {
                 Ok(p) => p,
                 Err(body) => body.into_single().await?,
             };
-            if payload.compressed {
-                return Err(Status::unimplemented(
-                    "message is compressed but the server has no decompression layer",
-                ));
-            }
-            let message = codecs.decode(which, payload.bytes)?;
+            let message = decode_request(&codecs, which, payload)?;
             let response = f(Request::from_parts(parts, message)).await?;
-            let (mut metadata, extensions, message) = response.into_parts();
-            let mut buf = BytesMut::new();
-            codecs.encode(which, &message, &mut buf)?;
-            set_codec_name(&mut metadata, codecs.name_of(which));
-            Ok(Response::from_parts(
-                metadata,
-                extensions,
-                Body::once(Payload::new(buf.freeze())),
-            ))
+            typed_response(response, codecs.name_of(which), |message| {
+                let mut buf = BytesMut::new();
+                codecs.encode(which, &message, &mut buf)?;
+                Ok(Body::once(Payload::new(buf.freeze())))
+            })
         })
     }
 }
@@ -126,6 +112,188 @@ impl<F, Req, Resp, C: fmt::Debug> fmt::Debug for Unary<F, Req, Resp, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Unary").field("codec", &self.codec).finish()
     }
+}
+
+/// Decodes a request payload with codec `which` of `codecs`.
+fn decode_request<Req, Resp, C: CodecSet<Req, Resp>>(
+    codecs: &C,
+    which: usize,
+    payload: Payload,
+) -> Result<Req, Status> {
+    if payload.compressed {
+        return Err(Status::unimplemented(
+            "message is compressed but the server has no decompression layer",
+        ));
+    }
+    codecs.decode(which, payload.bytes)
+}
+
+/// Picks the codec for a call from its `trpc-codec` metadata.
+fn pick_codec<Req, Resp, C: CodecSet<Req, Resp>>(
+    codecs: &C,
+    req: &Request<Body>,
+) -> Result<usize, Status> {
+    let name = codec_name(req.metadata());
+    codecs.pick(name).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "method {} does not accept codec {name:?} (accepted: {})",
+            req.method(),
+            codecs.names().join(", ")
+        ))
+    })
+}
+
+/// The typed request stream of a call.
+fn request_stream<Req, Resp, C>(codecs: &C, which: usize, body: Body) -> Streaming<Req>
+where
+    C: CodecSet<Req, Resp>,
+    Req: 'static,
+    Resp: 'static,
+{
+    let codecs = codecs.clone();
+    Streaming::new(body, move |p| decode_request(&codecs, which, p))
+}
+
+/// Encodes a typed response stream into a body of payloads.
+fn response_body<Req, Resp, C, St>(codecs: C, which: usize, stream: St) -> Body
+where
+    C: CodecSet<Req, Resp>,
+    St: Stream<Item = Result<Resp, Status>> + Send + 'static,
+    Req: 'static,
+    Resp: 'static,
+{
+    use futures_util::StreamExt;
+    Body::stream(stream.map(move |item| {
+        let msg = item?;
+        let mut buf = BytesMut::new();
+        codecs.encode(which, &msg, &mut buf)?;
+        Ok(Payload::new(buf.freeze()))
+    }))
+}
+
+fn typed_response<T>(
+    response: Response<T>,
+    name: &'static str,
+    body: impl FnOnce(T) -> Result<Body, Status>,
+) -> Result<Response<Body>, Status> {
+    let (mut metadata, extensions, message) = response.into_parts();
+    set_codec_name(&mut metadata, name);
+    Ok(Response::from_parts(metadata, extensions, body(message)?))
+}
+
+macro_rules! streaming_handler {
+    (
+        $(#[$doc:meta])*
+        $ctor:ident, $ty:ident,
+        req: $req_ty:ty, resp: $resp_ty:ty,
+        generics: [$($g:ident),*], bounds: [$($bounds:tt)*],
+        call: |$codecs:ident, $which:ident, $parts:ident, $body:ident| $make_req:expr,
+        respond: |$resp:ident| $make_body:expr
+    ) => {
+        $(#[$doc])*
+        pub struct $ty<F, Req, Resp, C> {
+            f: F,
+            codec: C,
+            _types: PhantomData<fn(Req) -> Resp>,
+        }
+
+        $(#[$doc])*
+        pub fn $ctor<F, Fut, Req, Resp $(, $g)*>(f: F) -> $ty<F, Req, Resp, Json>
+        where
+            F: Fn(Request<$req_ty>) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future<Output = Result<Response<$resp_ty>, Status>> + Send + 'static,
+            $($bounds)*
+        {
+            $ty { f, codec: Json, _types: PhantomData }
+        }
+
+        impl<F, Req, Resp, C> $ty<F, Req, Resp, C> {
+            /// Accepts messages in `codec` instead (see [`Unary::codec`]).
+            pub fn codec<C2: CodecSet<Req, Resp>>(self, codec: C2) -> $ty<F, Req, Resp, C2> {
+                $ty { f: self.f, codec, _types: PhantomData }
+            }
+        }
+
+        impl<F, Req, Resp, C> fmt::Debug for $ty<F, Req, Resp, C> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(stringify!($ty))
+            }
+        }
+
+        impl<F, Fut, Req, Resp, C $(, $g)*> Handler for $ty<F, Req, Resp, C>
+        where
+            F: Fn(Request<$req_ty>) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future<Output = Result<Response<$resp_ty>, Status>> + Send + 'static,
+            C: CodecSet<Req, Resp>,
+            Req: Send + 'static,
+            Resp: Send + 'static,
+            $($bounds)*
+        {
+            fn call(&self, req: Request<Body>) -> BoxFuture<Result<Response<Body>, Status>> {
+                let f = self.f.clone();
+                let $codecs = self.codec.clone();
+                Box::pin(async move {
+                    let $which = pick_codec(&$codecs, &req)?;
+                    let name = $codecs.name_of($which);
+                    let ($parts, $body) = req.into_parts();
+                    let request = $make_req;
+                    let response = f(request).await?;
+                    typed_response(response, name, |$resp| $make_body)
+                })
+            }
+        }
+    };
+}
+
+streaming_handler! {
+    /// A server-streaming handler: one request message in, a stream of
+    /// response messages out. Build with [`server_streaming`]; the function is
+    /// `async fn(Request<Req>) -> Result<Response<S>, Status>` where `S` is a
+    /// `Stream<Item = Result<Resp, Status>>`. End the stream with
+    /// `Err(status)` to fail the call after the messages already sent, or with
+    /// `Err(Status::ok_with_trailers(md))` to send trailers.
+    server_streaming, ServerStreaming,
+    req: Req, resp: S,
+    generics: [S], bounds: [S: Stream<Item = Result<Resp, Status>> + Send + 'static,],
+    call: |codecs, which, parts, body| {
+        let payload = match body.into_once() {
+            Ok(p) => p,
+            Err(body) => body.into_single().await?,
+        };
+        Request::from_parts(parts, decode_request(&codecs, which, payload)?)
+    },
+    respond: |stream| Ok(response_body(codecs, which, stream))
+}
+
+streaming_handler! {
+    /// A client-streaming handler: a stream of request messages in, one
+    /// response out. Build with [`client_streaming`]; the function is
+    /// `async fn(Request<Streaming<Req>>) -> Result<Response<Resp>, Status>`.
+    client_streaming, ClientStreaming,
+    req: Streaming<Req>, resp: Resp,
+    generics: [], bounds: [],
+    call: |codecs, which, parts, body| {
+        Request::from_parts(parts, request_stream(&codecs, which, body))
+    },
+    respond: |message| {
+        let mut buf = BytesMut::new();
+        codecs.encode(which, &message, &mut buf)?;
+        Ok(Body::once(Payload::new(buf.freeze())))
+    }
+}
+
+streaming_handler! {
+    /// A bidirectional-streaming handler: streams both ways. Build with
+    /// [`bidi_streaming`]; the function is
+    /// `async fn(Request<Streaming<Req>>) -> Result<Response<S>, Status>` where
+    /// `S` is a `Stream<Item = Result<Resp, Status>>`.
+    bidi_streaming, BidiStreaming,
+    req: Streaming<Req>, resp: S,
+    generics: [S], bounds: [S: Stream<Item = Result<Resp, Status>> + Send + 'static,],
+    call: |codecs, which, parts, body| {
+        Request::from_parts(parts, request_stream(&codecs, which, body))
+    },
+    respond: |stream| Ok(response_body(codecs, which, stream))
 }
 
 /// Routes calls by method name (`package.Service/Method`) to handlers.
