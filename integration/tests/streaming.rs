@@ -94,7 +94,9 @@ fn router(probes: Arc<Probes>) -> Router {
             total += m.n;
             count += 1;
         }
-        Ok::<_, Status>(Response::new(Num { n: total * 1000 + count }))
+        Ok::<_, Status>(Response::new(Num {
+            n: total * 1000 + count,
+        }))
     };
     let echo = |req: Request<Streaming<Num>>| async move {
         let s: NumStream = Box::pin(req.into_inner().map(|m| m.map(|m| Num { n: m.n * 2 })));
@@ -307,7 +309,11 @@ async fn bidi_streaming_echoes_in_order_while_the_client_is_still_sending() {
             assert_eq!(m.n, n * 2);
         }
         drop(tx);
-        assert!(timeout(LIMIT, s.message()).await.unwrap().unwrap().is_none());
+        assert!(timeout(LIMIT, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .is_none());
     }
 }
 
@@ -420,7 +426,10 @@ async fn a_server_error_ends_the_call_while_the_client_is_still_sending() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(err.message(), "two is enough");
     // The connection is fine afterwards.
-    let pong: Num = client.unary_message("t.S/Ping", Num { n: 9 }).await.unwrap();
+    let pong: Num = client
+        .unary_message("t.S/Ping", Num { n: 9 })
+        .await
+        .unwrap();
     assert_eq!(pong.n, 9);
 }
 
@@ -485,7 +494,10 @@ async fn a_slow_reader_bounds_the_senders_buffered_bytes_on_download() {
     eprintln!("produced {produced} MiB; server write buffer peak {server_peak} B; client receive queue peak {client_peak} B");
     // Window 1 MiB + one message in flight + what the kernel buffers: the
     // producer is held back, it does not run ahead to 1 GiB.
-    assert!(produced < 32 + 16, "producer ran ahead: {produced} MiB produced");
+    assert!(
+        produced < 32 + 16,
+        "producer ran ahead: {produced} MiB produced"
+    );
     assert!(server_peak < 4 * MIB, "server buffered {server_peak} bytes");
     assert!(client_peak < 4 * MIB, "client queued {client_peak} bytes");
 }
@@ -523,7 +535,10 @@ async fn a_slow_reader_bounds_the_senders_buffered_bytes_on_upload() {
     let client_peak = client_stats.write_buffered_peak();
     let server_peak = srv.stats.recv_buffered_peak();
     eprintln!("produced {produced} MiB; client write buffer peak {client_peak} B; server receive queue peak {server_peak} B");
-    assert!(produced < 16 + 24, "producer ran ahead: {produced} MiB produced");
+    assert!(
+        produced < 16 + 24,
+        "producer ran ahead: {produced} MiB produced"
+    );
     assert!(client_peak < 4 * MIB, "client buffered {client_peak} bytes");
     assert!(server_peak < 4 * MIB, "server queued {server_peak} bytes");
 }
@@ -556,10 +571,13 @@ async fn unary_calls_complete_while_a_big_stream_runs_on_the_same_connection() {
     timeout(LIMIT, flowing).await.unwrap();
     let mut client = Client::new(ch.clone());
     for n in 0..50 {
-        let pong: Num = timeout(Duration::from_secs(5), client.unary_message("t.S/Ping", Num { n }))
-            .await
-            .expect("unary call starved by the stream")
-            .unwrap();
+        let pong: Num = timeout(
+            Duration::from_secs(5),
+            client.unary_message("t.S/Ping", Num { n }),
+        )
+        .await
+        .expect("unary call starved by the stream")
+        .unwrap();
         assert_eq!(pong.n, n);
     }
     assert_eq!(ch.connections(), 1);
