@@ -16,6 +16,10 @@
 //! The wire format is specified in `docs/PROTOCOL.md`; the [`frame`] module
 //! implements it.
 //!
+//! ## Cargo features
+//!
+//! * `tls` (default): TLS and mutual TLS with rustls, see `tls`.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use tower::ServiceBuilder;
@@ -50,6 +54,8 @@ pub mod server;
 pub mod stats;
 pub mod status;
 pub mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[doc(hidden)]
 pub mod util;
 mod wire;

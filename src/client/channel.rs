@@ -55,6 +55,9 @@ enum Slot {
         until: Instant,
         error: Status,
         failures: u32,
+        /// Not reported yet: the callers waiting for this attempt get the
+        /// plain error; later callers also learn when the next attempt is.
+        fresh: bool,
     },
 }
 
@@ -81,7 +84,7 @@ impl Pool {
         for k in 0..n {
             let i = (start + k) % n;
             let mut slot = lock(&self.slots[i]);
-            let failures = match &*slot {
+            let failures = match &mut *slot {
                 Slot::Ready(c) if c.is_usable() => return Pick::Conn(c.clone()),
                 Slot::Ready(_) => 0,
                 Slot::Empty { failures } => *failures,
@@ -93,9 +96,20 @@ impl Pool {
                     until,
                     error,
                     failures,
+                    fresh,
                 } => {
-                    if Instant::now() < *until {
-                        failure = Some(error.clone());
+                    let now = Instant::now();
+                    if now < *until {
+                        failure = Some(if std::mem::take(fresh) {
+                            error.clone()
+                        } else {
+                            Status::unavailable(format!(
+                                "{} (next connection attempt in {})",
+                                error.message(),
+                                fmt_duration(*until - now)
+                            ))
+                            .with_refused(true)
+                        });
                         continue;
                     }
                     *failures
@@ -117,7 +131,7 @@ impl Pool {
         let result = self.endpoint.connect_one().await;
         {
             let mut slot = lock(&self.slots[i]);
-            let failures = match &*slot {
+            let failures = match &mut *slot {
                 Slot::Connecting { failures } => *failures,
                 _ => 0,
             };
@@ -128,16 +142,11 @@ impl Pool {
                     let exp = cfg.backoff_initial.saturating_mul(1u32 << failures.min(20));
                     let delay = jitter(exp.min(cfg.backoff_max), 0.2);
                     tracing::debug!(endpoint = self.endpoint.uri(), %error, retry_in = ?delay, "connect failed");
-                    let error = Status::unavailable(format!(
-                        "{} (reconnecting in {})",
-                        error.message(),
-                        fmt_duration(delay)
-                    ))
-                    .with_refused(true);
                     Slot::Backoff {
                         until: Instant::now() + delay,
-                        error,
+                        error: error.with_refused(true),
                         failures: failures.saturating_add(1),
+                        fresh: true,
                     }
                 }
             };
@@ -299,6 +308,9 @@ type Begun = Result<(u32, Option<Request<Body>>), (Status, Request<Body>)>;
 /// Starts `req` on `conn`; a streaming request body gets its pump task. On
 /// success returns the stream id and, for unary requests, the request (kept
 /// for a re-send if refused). On failure the request comes back untouched.
+// The error carries the request back for a retry; returning it by value
+// avoids an allocation on a path taken only when a call is refused.
+#[allow(clippy::result_large_err)]
 fn begin(conn: &Arc<Conn>, req: Request<Body>) -> Begun {
     let deadline = req.deadline();
     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));

@@ -539,14 +539,28 @@ pub(crate) async fn pump(conn: Arc<Conn>, id: u32, mut body: Body) {
     }
 }
 
-/// Establishes a connection: TCP connect, SETTINGS exchange, task spawn.
-pub(crate) async fn connect(addr: SocketAddr, config: &ClientConfig) -> Result<Arc<Conn>, Status> {
+/// Establishes a connection: TCP connect, TLS if configured, SETTINGS
+/// exchange, task spawn.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    host: &str,
+    config: &ClientConfig,
+) -> Result<Arc<Conn>, Status> {
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
         Status::unavailable(format!("connect to {addr} failed: {e}")).with_source(e)
     })?;
     if config.tcp_nodelay {
         let _ = tcp.set_nodelay(true);
     }
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &config.tls {
+        let io = tls.connect(host, addr, tcp).await?;
+        let (io, settings, rbuf) = handshake(io, config, addr)
+            .await
+            .map_err(|e| crate::tls::ClientTls::explain(addr, e))?;
+        return Ok(spawn(io, addr, settings, rbuf, config));
+    }
+    let _ = host;
     let (io, settings, rbuf) = handshake(tcp, config, addr).await?;
     Ok(spawn(io, addr, settings, rbuf, config))
 }
@@ -575,6 +589,14 @@ where
                     Status::unavailable(format!("{addr} sent malformed SETTINGS"))
                 })?;
                 return Ok((io, settings, rbuf));
+            }
+            Ok(Some(Decoded::Frame(f))) if f.frame_type() == Some(FrameType::Goaway) => {
+                let why = Goaway::parse(&f.payload)
+                    .map(|g| g.message)
+                    .unwrap_or_default();
+                return Err(Status::unavailable(format!(
+                    "{addr} refused the connection: {why}"
+                )));
             }
             Ok(Some(other)) => {
                 return Err(Status::unavailable(format!(

@@ -27,6 +27,8 @@ pub(crate) struct ClientConfig {
     pub(crate) stream_window: u32,
     pub(crate) connection_window: u32,
     pub(crate) stats: Option<Arc<crate::stats::TransportStats>>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -46,6 +48,8 @@ impl Default for ClientConfig {
             stream_window: frame::DEFAULT_STREAM_WINDOW,
             connection_window: frame::DEFAULT_CONNECTION_WINDOW,
             stats: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -221,6 +225,16 @@ impl Endpoint {
         self
     }
 
+    /// Connects with TLS (see [`crate::tls`]).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(
+        mut self,
+        tls: crate::tls::ClientTlsConfig,
+    ) -> Result<Self, crate::tls::TlsError> {
+        self.config.tls = Some(tls.connector()?);
+        Ok(self)
+    }
+
     /// Counts connections and bytes into `stats` (see [`crate::stats`]).
     pub fn transport_stats(mut self, stats: Arc<crate::stats::TransportStats>) -> Self {
         self.config.stats = Some(stats);
@@ -250,7 +264,7 @@ impl Endpoint {
                 .map_err(|e| Status::unavailable(format!("cannot resolve {}: {e}", self.host)))?;
             let mut last = Status::unavailable(format!("{} resolved to no address", self.host));
             for addr in addrs {
-                match connection::connect(addr, &self.config).await {
+                match connection::connect(addr, &self.host, &self.config).await {
                     Ok(conn) => return Ok(conn),
                     Err(e) => last = e,
                 }

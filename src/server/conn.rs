@@ -98,6 +98,7 @@ pub(crate) async fn serve_connection<IO, S>(
     cfg: Arc<ServerConfig>,
     shutdown: CancellationToken,
     force: CancellationToken,
+    conn_extensions: Option<http::Extensions>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
@@ -219,6 +220,7 @@ pub(crate) async fn serve_connection<IO, S>(
         write_blocked_since: None,
         next_idle_stream_check: None,
         ok: Status::new(Code::Ok, ""),
+        conn_extensions,
         cfg,
     };
     tracing::debug!(%peer, "trpc connection opened");
@@ -299,6 +301,8 @@ struct ServerConn<IO, S: Service<Request<Body>>> {
     write_blocked_since: Option<Instant>,
     next_idle_stream_check: Option<Instant>,
     ok: Status,
+    /// Extensions every request of this connection gets (e.g. TLS details).
+    conn_extensions: Option<http::Extensions>,
 }
 
 /// Most bytes one streaming call writes before other calls get a turn.
@@ -835,6 +839,9 @@ where
         *req.metadata_mut() = head.metadata;
         req.set_remote_addr(Some(self.peer));
         req.set_stream_id(id);
+        if let Some(ext) = &self.conn_extensions {
+            *req.extensions_mut() = ext.clone();
+        }
         let server_deadline = self.cfg.timeout.map(|t| self.last_read + t);
         let client_deadline = head.timeout.map(|t| self.last_read + t);
         let deadline = match (server_deadline, client_deadline) {
@@ -946,9 +953,7 @@ where
             }
             return None;
         }
-        let Some(st) = self.streams.get_mut(&id) else {
-            return None;
-        };
+        let st = self.streams.get_mut(&id)?;
         st.send_window += inc;
         if inc == 0 || st.send_window > frame::MAX_WINDOW {
             self.drop_stream(

@@ -70,6 +70,8 @@ pub(crate) struct ServerConfig {
     pub(crate) connection_window: u32,
     pub(crate) stream_idle_timeout: Duration,
     pub(crate) stats: Option<Arc<crate::stats::TransportStats>>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +94,8 @@ impl Default for ServerConfig {
             connection_window: frame::DEFAULT_CONNECTION_WINDOW,
             stream_idle_timeout: Duration::from_secs(300),
             stats: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -250,6 +254,17 @@ impl<L> Server<L> {
         self
     }
 
+    /// Serves TLS only (see [`crate::tls`]); the handshake must finish within
+    /// the handshake timeout.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(
+        mut self,
+        tls: crate::tls::ServerTlsConfig,
+    ) -> Result<Self, crate::tls::TlsError> {
+        self.config.tls = Some(tls.acceptor()?);
+        Ok(self)
+    }
+
     /// Counts connections and bytes into `stats` (see [`crate::stats`]).
     pub fn transport_stats(mut self, stats: Arc<crate::stats::TransportStats>) -> Self {
         self.config.stats = Some(stats);
@@ -335,16 +350,30 @@ impl<L> Server<L> {
                 let _ = tcp.set_nodelay(true);
             }
             let guard = ConnCount::new(open.clone(), cfg.stats.clone());
-            let fut = conn::serve_connection(
-                tcp,
-                peer,
-                svc.clone(),
-                cfg.clone(),
-                shutdown.clone(),
-                force.clone(),
-            );
+            let (svc, cfg, shutdown, force) =
+                (svc.clone(), cfg.clone(), shutdown.clone(), force.clone());
             tracker.spawn(async move {
-                fut.await;
+                #[cfg(feature = "tls")]
+                if let Some(acceptor) = cfg.tls.clone() {
+                    let accepted = tokio::time::timeout(
+                        cfg.handshake_timeout,
+                        crate::tls::accept(&acceptor, tcp, peer),
+                    )
+                    .await;
+                    match accepted {
+                        Ok(Some((io, info))) => {
+                            let mut ext = http::Extensions::new();
+                            ext.insert(info);
+                            conn::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext))
+                                .await;
+                        }
+                        Ok(None) => {}
+                        Err(_) => tracing::warn!(%peer, "TLS handshake timeout"),
+                    }
+                    drop(guard);
+                    return;
+                }
+                conn::serve_connection(tcp, peer, svc, cfg, shutdown, force, None).await;
                 drop(guard);
             });
         }
