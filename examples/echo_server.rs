@@ -1,7 +1,8 @@
 //! The echo server used by `make demo`, the CLI and the integration tests.
 //!
 //! Run: `cargo run --example echo_server -- --listen 127.0.0.1:7000`
-//! (`--json` for JSON logs; `RUST_LOG=debug` for more detail).
+//! (`--json` for JSON logs; `RUST_LOG=debug` for more detail; `--tls-cert
+//! server.crt --tls-key server.key [--tls-client-ca ca.crt]` for TLS / mTLS).
 //!
 //! Methods (JSON or protobuf):
 //! * `echo.Echo/Say`   `{"message": "..."}` → the same message; request metadata
@@ -40,6 +41,15 @@ struct Args {
     /// Largest message accepted and sent, in bytes.
     #[arg(long)]
     max_message_size: Option<usize>,
+    /// Serve TLS with this certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
 }
 
 /// `echo.Echo/Say` request and reply.
@@ -235,6 +245,16 @@ async fn main() -> std::io::Result<()> {
     }
     if let Some(n) = args.max_message_size {
         server = server.max_message_size(n);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let mut tls = trpc::tls::ServerTlsConfig::from_pem_files(cert, key)
+            .map_err(std::io::Error::other)?;
+        if let Some(ca) = &args.tls_client_ca {
+            tls = tls
+                .client_ca_pem(std::fs::read(ca)?)
+                .map_err(std::io::Error::other)?;
+        }
+        server = server.tls_config(tls).map_err(std::io::Error::other)?;
     }
     server
         .serve_with_listener(

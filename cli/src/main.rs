@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! trpc call ADDR METHOD [JSON] [--timeout 500ms] [-H key=value]... [-v]
+//!            [--ca ca.crt [--cert client.crt --key client.key] [--domain NAME]]
 //! ```
 //!
 //! `call` sends `JSON` (default `{}`) with the JSON codec and prints the reply
@@ -49,7 +50,46 @@ enum Command {
         /// Print response metadata on stderr.
         #[arg(short, long)]
         verbose: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
+}
+
+/// TLS options: `--ca` turns TLS on.
+#[derive(clap::Args, Debug, Default)]
+struct TlsArgs {
+    /// Use TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "PEM", requires = "key", requires = "ca")]
+    cert: Option<std::path::PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// Server name to verify (default: the host of ADDR).
+    #[arg(long, requires = "ca")]
+    domain: Option<String>,
+}
+
+impl TlsArgs {
+    fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, Status> {
+        let Some(ca) = &self.ca else {
+            return Ok(endpoint);
+        };
+        let mut tls = trpc::tls::ClientTlsConfig::new().ca_pem_file(ca)?;
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p)
+                    .map_err(|e| Status::invalid_argument(format!("{}: {e}", p.display())))
+            };
+            tls = tls.identity_pem(read(cert)?, read(key)?)?;
+        }
+        if let Some(d) = &self.domain {
+            tls = tls.domain_name(d.clone());
+        }
+        Ok(endpoint.tls_config(tls)?)
+    }
 }
 
 fn fail(status: &Status) -> ExitCode {
@@ -69,6 +109,7 @@ async fn main() -> ExitCode {
             connect_timeout,
             headers,
             verbose,
+            tls,
         } => match call(
             addr,
             method,
@@ -77,6 +118,7 @@ async fn main() -> ExitCode {
             connect_timeout,
             headers,
             verbose,
+            &tls,
         )
         .await
         {
@@ -86,6 +128,7 @@ async fn main() -> ExitCode {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn call(
     addr: String,
     method: String,
@@ -94,6 +137,7 @@ async fn call(
     connect_timeout: Duration,
     headers: Vec<String>,
     verbose: bool,
+    tls: &TlsArgs,
 ) -> Result<(), Status> {
     let json = match json.as_deref() {
         None => "{}".to_string(),
@@ -127,10 +171,8 @@ async fn call(
     if let Some(t) = timeout {
         req.set_timeout(t);
     }
-    let channel = Endpoint::new(&addr)?
-        .connect_timeout(connect_timeout)
-        .connect()
-        .await?;
+    let endpoint = Endpoint::new(&addr)?.connect_timeout(connect_timeout);
+    let channel = tls.apply(endpoint)?.connect().await?;
     let resp = channel.oneshot(req).await?;
     if verbose {
         for (k, v) in resp.metadata().iter() {
