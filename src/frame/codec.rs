@@ -176,6 +176,12 @@ impl FrameCodec {
         self.discard > 0 || !src.is_empty()
     }
 
+    /// True if `src` holds the start of a frame header but not all of its
+    /// [`HEADER_LEN`] bytes (and no oversized frame is being skipped).
+    pub fn is_mid_header(&self, src: &BytesMut) -> bool {
+        self.discard == 0 && !src.is_empty() && src.len() < HEADER_LEN
+    }
+
     fn skip(&mut self, src: &mut BytesMut) {
         let n = (self.discard.min(src.len() as u64)) as usize;
         src.advance(n);

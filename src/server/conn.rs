@@ -4,15 +4,18 @@
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use super::calls::{CallFuture, CallSet, Signal};
@@ -90,6 +93,78 @@ pub(crate) fn detect(prefix: &[u8]) -> Option<Detected> {
     }
 }
 
+/// The listen backlog of servers that trpc binds: a burst of connections (a
+/// fleet reconnecting at once) waits in the kernel's queue instead of having
+/// its handshakes dropped and retried a second later (the usual default of
+/// 128 overflows easily).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a listening socket for `addr` with [`LISTEN_BACKLOG`].
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Most refused connections (over the connection limit) being answered at once;
+/// beyond that, connections over the limit are closed without a GOAWAY.
+const MAX_REFUSING: usize = 64;
+/// How long a refused connection may take to receive its GOAWAY and close.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Answers connections over the server's connection limit with a GOAWAY that
+/// says so (in place of SETTINGS), then closes them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Refuser {
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Refuser {
+    /// Refuses `tcp` in a short task of its own, so the accept loop never waits.
+    pub(crate) fn refuse(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        limit: usize,
+        tracker: &TaskTracker,
+    ) {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return; // dropping `tcp` closes it
+        }
+        let in_flight = self.in_flight.clone();
+        tracker.spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut out = BytesMut::new();
+            frame::put_goaway(
+                &mut out,
+                0,
+                GoawayCode::EnhanceYourCalm,
+                &format!("connection limit reached: the server serves at most {limit} connections; try again later"),
+            );
+            let _ = tokio::time::timeout(REFUSE_LINGER, async {
+                tcp.write_all(&out).await?;
+                tcp.shutdown().await?;
+                // Read what the client sent (its SETTINGS) until it closes:
+                // closing with unread bytes would reset the connection and
+                // could destroy the GOAWAY before the client reads it.
+                let mut sink = [0u8; 1024];
+                while tcp.read(&mut sink).await? > 0 {}
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            tracing::debug!(%peer, "refused connection closed");
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve_connection<IO, S>(
     mut io: IO,
@@ -106,6 +181,8 @@ pub(crate) async fn serve_connection<IO, S>(
     S::Future: Send + 'static,
 {
     use tokio::io::AsyncReadExt;
+    // The handshake timeout covers detection and the client's SETTINGS together.
+    let started = Instant::now();
     // Protocol detection, bounded by the handshake timeout.
     let mut rbuf = BytesMut::with_capacity(64);
     let detected = tokio::time::timeout(cfg.handshake_timeout, async {
@@ -147,10 +224,14 @@ pub(crate) async fn serve_connection<IO, S>(
         }
         Detected::Http2 => {
             tracing::warn!(%peer, "HTTP/2 preface on the trpc port (gRPC is not enabled here); closing");
-            // An HTTP/2 GOAWAY (PROTOCOL_ERROR) so h2 clients report something sensible.
+            // The HTTP/2 server preface (an empty SETTINGS frame), then
+            // GOAWAY(last stream 0, PROTOCOL_ERROR), so h2 clients report
+            // something sensible. Frame header: u24 length, type, flags, u32 stream.
             let _ = io
                 .write_all(&[
-                    0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+                    0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, empty
+                    0, 0, 8, 7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes
+                    0, 0, 0, 0, 0, 0, 0, 1, // last stream 0, PROTOCOL_ERROR
                 ])
                 .await;
             let _ = io.shutdown().await;
@@ -212,11 +293,18 @@ pub(crate) async fn serve_connection<IO, S>(
         force: Box::pin(force.cancelled_owned()),
         timer: Box::pin(tokio::time::sleep_until(now)),
         timer_at: now,
-        started: now,
+        started,
         last_read: now,
         last_call: now,
         ping_sent: None,
         mid_frame_since: None,
+        frame_progress: now,
+        // Bytes read during detection (SETTINGS, maybe calls) are frames too.
+        backlog: true,
+        held_request_bytes: 0,
+        cancel_budget: cfg
+            .max_cancels
+            .map(|(n, per)| CancelBudget::new(n, per, now)),
         write_blocked_since: None,
         next_idle_stream_check: None,
         ok: Status::new(Code::Ok, ""),
@@ -260,6 +348,45 @@ struct StreamState {
     discard: bool,
     /// Waiting for a WINDOW_UPDATE on this stream.
     blocked: bool,
+    /// Request bytes (HEADERS metadata and first message) this call holds
+    /// while its handler runs; counted in `held_request_bytes`.
+    held: usize,
+}
+
+/// Rapid-reset defence: a token bucket of client cancellations (CANCEL frames
+/// that abort a call in flight). It holds `max` tokens and refills `max` per
+/// `per`; a connection that empties it is closed with GOAWAY(ENHANCE_YOUR_CALM).
+#[derive(Debug)]
+struct CancelBudget {
+    tokens: f64,
+    max: f64,
+    per_sec: f64,
+    at: Instant,
+}
+
+impl CancelBudget {
+    fn new(max: u32, per: Duration, now: Instant) -> Self {
+        let max = f64::from(max.max(1));
+        CancelBudget {
+            tokens: max,
+            max,
+            per_sec: max / per.as_secs_f64().max(1e-3),
+            at: now,
+        }
+    }
+
+    /// Takes one token; false when the bucket is empty.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.max);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct ServerConn<IO, S: Service<Request<Body>>> {
@@ -297,7 +424,17 @@ struct ServerConn<IO, S: Service<Request<Body>>> {
     last_read: Instant,
     last_call: Instant,
     ping_sent: Option<Instant>,
+    /// When the first byte of the partial frame in `rbuf` arrived.
     mid_frame_since: Option<Instant>,
+    /// When the partial frame last received bytes (or we last paused reading).
+    frame_progress: Instant,
+    /// `rbuf` may hold complete frames not processed yet (we stopped early
+    /// for backpressure); they are processed before reading more.
+    backlog: bool,
+    /// Request bytes held by calls whose handlers run (see `StreamState::held`).
+    held_request_bytes: usize,
+    /// Rapid-reset defence (`None`: disabled).
+    cancel_budget: Option<CancelBudget>,
     write_blocked_since: Option<Instant>,
     next_idle_stream_check: Option<Instant>,
     ok: Status,
@@ -366,7 +503,8 @@ where
                 if let Poll::Ready(r) = self.svc.poll_ready(cx) {
                     if let Some((id, req)) = self.pending.take() {
                         match r {
-                            Ok(()) => self.dispatch(id, req),
+                            // Its request bytes are already held (on_headers).
+                            Ok(()) => self.dispatch(id, req, 0),
                             Err(e) => {
                                 self.respond_err(id, Status::from_error(e.into()));
                                 self.end_stream(id);
@@ -397,7 +535,13 @@ where
             self.signals = signals;
 
             // Read more requests unless backpressured.
-            if self.pending.is_none() && !self.read_closed && self.wbuf.len() < WRITE_HIGH_WATER {
+            if self.reading() && self.backlog {
+                // Frames already buffered come before new bytes.
+                if let Some(close) = self.process_frames(cx) {
+                    return Poll::Ready(close);
+                }
+                progress = true;
+            } else if self.reading() {
                 if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                     self.rbuf.reserve(8 * 1024);
                 }
@@ -464,6 +608,9 @@ where
 
             // Idle: give memory back.
             if self.streams.is_empty() && self.pending.is_none() && self.wbuf.is_empty() {
+                if let (Some(idle), false) = (self.cfg.idle_timeout, self.draining) {
+                    self.ensure_timer(self.last_call + idle);
+                }
                 self.wbuf.release();
                 self.calls.shrink();
                 if self.rbuf.is_empty() && self.rbuf.capacity() > 0 && !progress {
@@ -497,6 +644,25 @@ where
         tracing::debug!(peer = %self.peer, last_stream = last, in_flight = self.streams.len(), "sent GOAWAY: {why}");
     }
 
+    /// True while we read from the socket (not paused for backpressure or a
+    /// service that is not ready).
+    fn reading(&self) -> bool {
+        self.pending.is_none() && !self.read_closed && self.wbuf.len() < WRITE_HIGH_WATER
+    }
+
+    /// When the partial frame in `rbuf` times out: its header must be
+    /// complete within `frame_timeout` of its first byte (a trickle does not
+    /// extend that), and its body must keep receiving bytes.
+    fn frame_deadline(&self) -> Option<Instant> {
+        let since = self.mid_frame_since?;
+        let base = if self.codec.is_mid_header(&self.rbuf) {
+            since
+        } else {
+            self.frame_progress
+        };
+        Some(base + self.cfg.frame_timeout)
+    }
+
     fn ensure_timer(&mut self, at: Instant) {
         if at < self.timer_at {
             self.timer_at = at;
@@ -517,10 +683,14 @@ where
             });
         }
         if let Some(idle) = cfg.idle_timeout {
-            at = at.min(self.last_call + idle);
+            // Only an idle connection can time out idle (re-armed from
+            // poll_conn when the last call ends).
+            if self.streams.is_empty() && self.pending.is_none() && !self.draining {
+                at = at.min(self.last_call + idle);
+            }
         }
-        if let Some(since) = self.mid_frame_since {
-            at = at.min(since + cfg.frame_timeout);
+        if let Some(frame_at) = self.frame_deadline() {
+            at = at.min(frame_at);
         }
         if let Some(since) = self.write_blocked_since {
             at = at.min(since + cfg.write_timeout);
@@ -549,19 +719,23 @@ where
                 )));
             }
         }
-        if let Some(since) = self.mid_frame_since {
-            if now >= since + cfg.frame_timeout && self.last_read + cfg.frame_timeout <= now {
-                return Some(Close::Error(
-                    GoawayCode::Timeout,
+        if let Some(frame_at) = self.frame_deadline() {
+            if !self.reading() || self.backlog {
+                // We paused reading (backpressure): the peer is not late.
+                self.mid_frame_since = Some(now);
+                self.frame_progress = now;
+            } else if now >= frame_at {
+                let ft = crate::util::fmt_duration(cfg.frame_timeout);
+                let why = if self.codec.is_mid_header(&self.rbuf) {
                     format!(
-                        "read timeout: incomplete frame and no bytes for {}",
-                        crate::util::fmt_duration(cfg.frame_timeout)
-                    ),
-                ));
-            }
-            if now >= since + cfg.frame_timeout {
-                // Still making progress: check again later.
-                self.mid_frame_since = Some(self.last_read);
+                        "read timeout: frame header incomplete ({} of {} bytes) {ft} after its first byte",
+                        self.rbuf.len(),
+                        frame::HEADER_LEN
+                    )
+                } else {
+                    format!("read timeout: incomplete frame and no bytes for {ft}")
+                };
+                return Some(Close::Error(GoawayCode::Timeout, why));
             }
         }
         if let Some(idle) = cfg.idle_timeout {
@@ -626,14 +800,23 @@ where
     /// Decodes and applies every complete frame; stops early when a request is
     /// waiting for the service to become ready.
     fn process_frames(&mut self, cx: &mut Context<'_>) -> Option<Close> {
-        while self.pending.is_none() {
+        self.backlog = false;
+        loop {
+            if self.pending.is_some() || self.wbuf.len() >= WRITE_HIGH_WATER {
+                // Stop early: a request waits for the service, or enough
+                // output waits for the peer. The rest is processed later.
+                self.backlog = !self.rbuf.is_empty();
+                break;
+            }
             match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(Decoded::Frame(f))) => {
+                    self.mid_frame_since = None;
                     if let Some(close) = self.on_frame(f, cx) {
                         return Some(close);
                     }
                 }
                 Ok(Some(Decoded::TooLarge(h))) => {
+                    self.mid_frame_since = None;
                     if let Some(close) = self.on_too_large(h) {
                         return Some(close);
                     }
@@ -645,9 +828,12 @@ where
             }
         }
         if self.codec.is_mid_frame(&self.rbuf) {
+            self.frame_progress = self.last_read;
             if self.mid_frame_since.is_none() {
                 self.mid_frame_since = Some(self.last_read);
-                self.ensure_timer(self.last_read + self.cfg.frame_timeout);
+            }
+            if let Some(at) = self.frame_deadline() {
+                self.ensure_timer(at);
             }
         } else {
             self.mid_frame_since = None;
@@ -735,6 +921,9 @@ where
                 if self.streams.contains_key(&id) {
                     tracing::debug!(peer = %self.peer, stream = id, "call cancelled by the client");
                     self.drop_stream(id, Status::cancelled("call cancelled by the client"));
+                    if let Some(close) = self.count_cancel() {
+                        return Some(close);
+                    }
                 }
             }
             Some(FrameType::WindowUpdate) => {
@@ -753,7 +942,8 @@ where
                         self.peer_max_message = v as usize;
                     }
                     if let Some(v) = s.max_metadata_size {
-                        self.peer_max_metadata = v as usize;
+                        // The u24 length field cannot describe more.
+                        self.peer_max_metadata = (v as usize).min(frame::MAX_METADATA_FIELD);
                     }
                     if let Some(v) = s.initial_stream_window {
                         self.peer_stream_window = v.min(frame::MAX_WINDOW as u32);
@@ -799,6 +989,22 @@ where
                 Status::resource_exhausted(format!(
                     "too many concurrent calls on this connection (limit {})",
                     self.cfg.max_concurrent_streams
+                ))
+                .with_refused(true),
+            );
+            return None;
+        }
+        // HEADERS payloads are not flow controlled: bound what the calls of
+        // one connection may hold (one call is always admitted).
+        let cost = f.metadata.len() + f.payload.len();
+        let held = self.held_request_bytes;
+        if held > 0 && held.saturating_add(cost) > self.cfg.max_buffered_request_bytes {
+            self.respond_err(
+                id,
+                Status::resource_exhausted(format!(
+                    "too many request bytes buffered on this connection: calls in flight \
+                     hold {held} bytes, this one brings {cost}, the limit is {}",
+                    self.cfg.max_buffered_request_bytes
                 ))
                 .with_refused(true),
             );
@@ -851,13 +1057,14 @@ where
         req.replace_deadline(deadline);
 
         match self.svc.poll_ready(cx) {
-            Poll::Ready(Ok(())) => self.dispatch(id, req),
+            Poll::Ready(Ok(())) => self.dispatch(id, req, cost),
             Poll::Ready(Err(e)) => {
                 self.respond_err(id, Status::from_error(e.into()));
                 self.end_stream(id);
             }
             Poll::Pending => {
                 self.open_stream(id, None);
+                self.hold(id, cost);
                 self.pending = Some((id, req));
             }
         }
@@ -879,6 +1086,7 @@ where
             headers: None,
             discard: false,
             blocked: false,
+            held: 0,
         });
         if inbound.is_some() {
             entry.inbound = inbound;
@@ -1012,7 +1220,9 @@ where
         }
     }
 
-    fn dispatch(&mut self, id: u32, req: Request<Body>) {
+    /// Starts the handler of stream `id`; while it runs, the call holds
+    /// `cost` request bytes.
+    fn dispatch(&mut self, id: u32, req: Request<Body>, cost: usize) {
         let deadline = req.deadline();
         let method = req.method().clone();
         let fut = CallFuture::new(self.svc.call(req), deadline, method);
@@ -1022,9 +1232,50 @@ where
                 if let Some(st) = self.streams.get_mut(&id) {
                     st.slot = Some(idx);
                 }
+                self.hold(id, cost);
             }
             Err((fut, result)) => self.on_handler_done(id, fut, result),
         }
+    }
+
+    /// Counts `cost` request bytes against stream `id` (and the connection).
+    fn hold(&mut self, id: u32, cost: usize) {
+        if let Some(st) = self.streams.get_mut(&id) {
+            st.held += cost;
+            self.held_request_bytes += cost;
+        }
+    }
+
+    /// Stream `id` no longer holds request bytes (its handler finished).
+    fn release(&mut self, id: u32) {
+        if let Some(st) = self.streams.get_mut(&id) {
+            self.held_request_bytes -= std::mem::take(&mut st.held);
+        }
+    }
+
+    /// A removed stream gives back what it held; the connection's idle time
+    /// starts when its last stream ends.
+    fn forget(&mut self, st: &StreamState) {
+        self.held_request_bytes -= st.held;
+        if self.streams.is_empty() {
+            self.last_call = Instant::now();
+        }
+    }
+
+    /// Counts a call cancelled by the client against the rapid-reset budget.
+    fn count_cancel(&mut self) -> Option<Close> {
+        let budget = self.cancel_budget.as_mut()?;
+        if budget.take(self.last_read) {
+            return None;
+        }
+        let (n, per) = self.cfg.max_cancels?;
+        Some(Close::Error(
+            GoawayCode::EnhanceYourCalm,
+            format!(
+                "too many cancelled calls: more than {n} in {}",
+                crate::util::fmt_duration(per)
+            ),
+        ))
     }
 
     fn limits(&self) -> (usize, usize) {
@@ -1041,6 +1292,7 @@ where
         fut: Pin<Box<CallFuture<S::Future>>>,
         result: Result<Response<Body>, Status>,
     ) {
+        self.release(id);
         match result {
             Ok(resp) if resp.get_ref().is_stream() => {
                 let (metadata, _ext, body) = resp.into_parts();
@@ -1200,6 +1452,7 @@ where
     /// Forgets stream `id` after its end was sent.
     fn end_stream(&mut self, id: u32) {
         if let Some(st) = self.streams.remove(&id) {
+            self.forget(&st);
             if let Some(inbound) = st.inbound {
                 inbound.finish(Some(Status::cancelled("the call already finished")));
             }
@@ -1209,6 +1462,7 @@ where
     /// Drops stream `id` without answering (the client cancelled).
     fn drop_stream(&mut self, id: u32, why: Status) {
         if let Some(st) = self.streams.remove(&id) {
+            self.forget(&st);
             if let Some(idx) = st.slot {
                 self.calls.remove(idx);
             }

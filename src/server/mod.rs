@@ -66,6 +66,8 @@ pub(crate) struct ServerConfig {
     pub(crate) keepalive: Option<(Duration, Duration)>,
     pub(crate) shutdown_grace: Duration,
     pub(crate) tcp_nodelay: bool,
+    pub(crate) max_buffered_request_bytes: usize,
+    pub(crate) max_cancels: Option<(u32, Duration)>,
     pub(crate) stream_window: u32,
     pub(crate) connection_window: u32,
     pub(crate) stream_idle_timeout: Duration,
@@ -90,6 +92,8 @@ impl Default for ServerConfig {
             keepalive: Some((Duration::from_secs(60), Duration::from_secs(20))),
             shutdown_grace: Duration::from_secs(10),
             tcp_nodelay: true,
+            max_buffered_request_bytes: 64 << 20,
+            max_cancels: Some((2000, Duration::from_secs(1))),
             stream_window: frame::DEFAULT_STREAM_WINDOW,
             connection_window: frame::DEFAULT_CONNECTION_WINDOW,
             stream_idle_timeout: Duration::from_secs(300),
@@ -248,6 +252,25 @@ impl<L> Server<L> {
         self
     }
 
+    /// Most request bytes (metadata and first message of each call) that the
+    /// calls in flight on one connection may hold (default 64 MiB). A new call
+    /// that would exceed it is refused with `ResourceExhausted`; one call is
+    /// always admitted. Streamed request messages are bounded by the
+    /// flow-control windows instead.
+    pub fn max_buffered_request_bytes(mut self, n: usize) -> Self {
+        self.config.max_buffered_request_bytes = n;
+        self
+    }
+
+    /// Rapid-reset defence: a client that cancels more than `n` calls in
+    /// flight within `per` on one connection (a budget of `n` refilled at
+    /// `n` per `per`) is disconnected with GOAWAY(ENHANCE_YOUR_CALM)
+    /// (default 2,000 per second). `None` disables the check.
+    pub fn max_cancel_rate(mut self, limit: Option<(u32, Duration)>) -> Self {
+        self.config.max_cancels = limit;
+        self
+    }
+
     /// TCP_NODELAY on accepted connections (default on).
     pub fn tcp_nodelay(mut self, on: bool) -> Self {
         self.config.tcp_nodelay = on;
@@ -269,6 +292,26 @@ impl<L> Server<L> {
     pub fn transport_stats(mut self, stats: Arc<crate::stats::TransportStats>) -> Self {
         self.config.stats = Some(stats);
         self
+    }
+
+    /// Serves one already accepted plaintext connection (any byte stream, e.g.
+    /// `tokio::io::duplex`) with this server's limits and layers until it
+    /// closes. For tests and fuzzing (`fuzz/`): no TLS, no connection limit,
+    /// no shutdown signal; `peer` is what handlers see as the remote address.
+    #[doc(hidden)]
+    pub async fn serve_connection<IO, S>(self, io: IO, peer: SocketAddr, svc: S)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        L: Layer<S>,
+        L::Service: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+        <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
+        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+    {
+        let svc = self.layer.layer(svc);
+        let guard = ConnCount::new(Arc::new(AtomicUsize::new(0)), self.config.stats.clone());
+        let (shutdown, force) = (CancellationToken::new(), CancellationToken::new());
+        conn::serve_connection(io, peer, svc, Arc::new(self.config), shutdown, force, None).await;
+        drop(guard);
     }
 
     /// Serves on `addr` until SIGINT or SIGTERM, then shuts down gracefully.
@@ -296,7 +339,7 @@ impl<L> Server<L> {
         <L::Service as Service<Request<Body>>>::Future: Send + 'static,
         F: Future<Output = ()>,
     {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = conn::bind(addr)?;
         self.serve_with_listener(listener, svc, signal).await
     }
 
@@ -323,6 +366,7 @@ impl<L> Server<L> {
         let shutdown = CancellationToken::new();
         let force = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let refuser = conn::Refuser::default();
         let open = Arc::new(AtomicUsize::new(0));
         let local = listener.local_addr()?;
         tracing::info!(%local, "trpc server listening");
@@ -342,8 +386,8 @@ impl<L> Server<L> {
                 }
             };
             if open.load(Ordering::Relaxed) >= cfg.max_connections {
-                tracing::warn!(%peer, limit = cfg.max_connections, "connection limit reached; closing new connection");
-                drop(tcp);
+                tracing::warn!(%peer, limit = cfg.max_connections, "connection limit reached; refusing new connection");
+                refuser.refuse(tcp, peer, cfg.max_connections, &tracker);
                 continue;
             }
             if cfg.tcp_nodelay {
