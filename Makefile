@@ -5,9 +5,10 @@ CARGO ?= cargo
 
 .PHONY: demo test fmt fmt-check clippy unit doc-test bench fuzz clean
 
-## demo: start the echo server, show a reply, a deadline, a status error, metadata and a recovered panic, stop gracefully.
+## demo: start the echo server, show a reply, a deadline, a status error, metadata and a recovered panic, stop gracefully;
+## then every layer at once (examples/full_stack): a retried call, rejected credentials, compression, /metrics.
 demo:
-	$(CARGO) build --quiet --example echo_server --bin trpc
+	$(CARGO) build --quiet --example echo_server --example full_stack --bin trpc
 	./scripts/demo.sh
 
 ## test: formatting, clippy -D warnings, and every unit, doc and integration test.
@@ -27,6 +28,26 @@ unit:
 
 doc-test:
 	$(CARGO) test --workspace --doc
+
+## bench: trpc vs tonic, tarpc and raw framed TCP, side by side (benches/ is its own
+## workspace, so `make test` never builds it). BENCH_QUICK=1 for a ~1 minute run;
+## BENCH_ARGS="--help" for options. The latest table is in docs/PERFORMANCE.md.
+bench:
+	$(CARGO) run --release --manifest-path benches/Cargo.toml --bin trpc-bench -- $(BENCH_ARGS)
+
+## fuzz: run each fuzz target (fuzz/, cargo-fuzz on stable, no sanitizer) for
+## FUZZ_SECONDS (default 60), starting from fuzz/corpus and the checked-in seeds.
+## Installs cargo-fuzz when missing. Crashes land in fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= frame_decoder frame_roundtrip server_connection
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t && \
+	  CARGO_TARGET_DIR=$(HOME)/.cache/trpc-fuzz-target $(CARGO) fuzz run -s none $$t \
+	    corpus/$$t $$( [ -d seeds/$$t ] && echo seeds/$$t ) \
+	    -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

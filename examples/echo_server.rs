@@ -247,8 +247,8 @@ async fn main() -> std::io::Result<()> {
         server = server.max_message_size(n);
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let mut tls = trpc::tls::ServerTlsConfig::from_pem_files(cert, key)
-            .map_err(std::io::Error::other)?;
+        let mut tls =
+            trpc::tls::ServerTlsConfig::from_pem_files(cert, key).map_err(std::io::Error::other)?;
         if let Some(ca) = &args.tls_client_ca {
             tls = tls
                 .client_ca_pem(std::fs::read(ca)?)

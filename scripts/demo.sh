@@ -61,4 +61,17 @@ echo "--- server log ---"
 cat "$LOG"
 grep -q "Sleep cancelled" "$LOG"
 grep -q "echo server stopped" "$LOG"
+step "every layer at once: examples/full_stack (trace, metrics, timeout, retry, auth, compression)"
+echo "server and client in one process; the client's stack: trace, metrics, deadline, auth, retry, attempt timeout, gzip"
+FS_LOG="$(mktemp -t trpc-full-stack.XXXXXX)"
+printf '$ %s\n' "$BIN/examples/full_stack --json"
+FS_OUT="$("$BIN/examples/full_stack" --json 2>"$FS_LOG")" || { echo "full_stack failed"; cat "$FS_LOG"; rm -f "$FS_LOG"; exit 1; }
+echo "$FS_OUT"
+echo "--- its first JSON log lines (stderr; RUST_LOG=warn by default in the demo) ---"
+head -n 2 "$FS_LOG"
+rm -f "$FS_LOG"
+for want in "reply \"hello, layers\"" "after 3 attempts" "wrong token   -> UNAUTHENTICATED" "PERMISSION_DENIED" "bytes on the wire" "trpc_server_calls_total"; do
+  echo "$FS_OUT" | grep -qF "$want" || { echo "full_stack output lacks: $want"; exit 1; }
+done
+
 step "demo finished"

@@ -305,28 +305,51 @@ impl Status {
         Status::new(Code::Unknown, message).with_source(err)
     }
 
+    /// The code [`Status::from_error`] would give `err`, without consuming it:
+    /// for layers that only observe an error and pass it on.
+    pub fn code_of(err: &(dyn StdError + 'static)) -> Code {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if let Some((code, _)) = Self::classify(e) {
+                return code;
+            }
+            cur = e.source();
+        }
+        Code::Unknown
+    }
+
+    /// The one table of known error types: their code and a message prefix.
+    fn classify(e: &(dyn StdError + 'static)) -> Option<(Code, &'static str)> {
+        if let Some(s) = e.downcast_ref::<Status>() {
+            return Some((s.code(), ""));
+        }
+        if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
+            return Some((Code::DeadlineExceeded, "deadline exceeded"));
+        }
+        if e.is::<tower::load_shed::error::Overloaded>() {
+            return Some((Code::ResourceExhausted, "load shed: service overloaded"));
+        }
+        if e.is::<tower::buffer::error::Closed>() {
+            return Some((Code::Unavailable, "buffer closed"));
+        }
+        if e.is::<tower::balance::error::Discover>() {
+            return Some((Code::Unavailable, "discovery failed"));
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some((Status::from_io_error(io).code(), ""));
+        }
+        None
+    }
+
     fn from_known(e: &(dyn StdError + 'static)) -> Option<Status> {
         if let Some(s) = e.downcast_ref::<Status>() {
             return Some(s.clone());
         }
-        if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
-            return Some(Status::deadline_exceeded(format!("deadline exceeded: {e}")));
-        }
-        if e.is::<tower::load_shed::error::Overloaded>() {
-            return Some(Status::resource_exhausted(format!(
-                "load shed: service overloaded: {e}"
-            )));
-        }
-        if e.is::<tower::buffer::error::Closed>() {
-            return Some(Status::unavailable(format!("buffer closed: {e}")));
-        }
-        if e.is::<tower::balance::error::Discover>() {
-            return Some(Status::unavailable(format!("discovery failed: {e}")));
-        }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             return Some(Status::from_io_error(io));
         }
-        None
+        let (code, prefix) = Self::classify(e)?;
+        Some(Status::new(code, format!("{prefix}: {e}")))
     }
 
     /// Maps an I/O error: connection-level failures are `Unavailable`, `TimedOut`
@@ -427,6 +450,7 @@ mod tests {
             ("something odd".into(), Code::Unknown),
         ];
         for (err, code) in cases {
+            assert_eq!(Status::code_of(&*err), code);
             assert_eq!(Status::from_error(err).code(), code);
         }
     }

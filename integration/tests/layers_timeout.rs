@@ -1,0 +1,154 @@
+//! TimeoutLayer end to end: the client's deadline reaches the handler, the
+//! server narrows it to its own timeout and drops the handler when it passes,
+//! and the deadline covers a whole response stream.
+
+mod layers_common;
+
+use std::time::Duration;
+
+use futures_util::stream;
+use layers_common::{connect, serve, within, Msg, SOON};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tower::ServiceBuilder;
+use trpc::server::{server_streaming, unary, Router, Server};
+use trpc::{Client, Code, Request, Response, Status};
+use trpc_layers::TimeoutLayer;
+
+/// Reports `true` when dropped unfinished.
+struct DropGuard(Option<mpsc::UnboundedSender<bool>>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+fn router(dropped: mpsc::UnboundedSender<bool>) -> Router {
+    // Replies with the time the handler has left, in whole milliseconds.
+    let remaining = |req: Request<Msg>| async move {
+        let left = req
+            .time_remaining()
+            .map_or("none".to_owned(), |d| d.as_millis().to_string());
+        Ok::<_, Status>(Response::new(Msg::new(left)))
+    };
+    let hang = move |_req: Request<Msg>| {
+        let guard = DropGuard(Some(dropped.clone()));
+        async move {
+            std::future::pending::<()>().await;
+            drop(guard);
+            Ok::<_, Status>(Response::new(Msg::new("never")))
+        }
+    };
+    let ticks = |_req: Request<Msg>| async move {
+        let ticks = stream::unfold(0u32, |n| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Some((Ok::<_, Status>(Msg::new(n.to_string())), n + 1))
+        });
+        Ok::<_, Status>(Response::new(ticks))
+    };
+    Router::new()
+        .route("d.Svc/Remaining", unary(remaining))
+        .route("d.Svc/Hang", unary(hang))
+        .route("d.Svc/Ticks", server_streaming(ticks))
+}
+
+#[tokio::test]
+async fn the_clients_deadline_reaches_the_handler() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let server = serve(Server::builder(), router(tx)).await;
+    let mut client = Client::new(
+        ServiceBuilder::new()
+            .layer(TimeoutLayer::new(Duration::from_millis(800)))
+            .service(connect(server.addr).await),
+    );
+    let left: Msg = within(
+        SOON,
+        "call",
+        client.unary_message("d.Svc/Remaining", Msg::new("")),
+    )
+    .await
+    .unwrap();
+    let left: u64 = left.message.parse().expect("the handler has a deadline");
+    assert!(left > 0 && left <= 800, "{left} ms left");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_server_narrows_the_deadline_and_drops_the_handler_when_it_passes() {
+    let (tx, mut dropped) = mpsc::unbounded_channel();
+    let server = serve(
+        Server::builder().layer(TimeoutLayer::new(Duration::from_millis(100))),
+        router(tx),
+    )
+    .await;
+    let mut client = Client::new(
+        ServiceBuilder::new()
+            .layer(TimeoutLayer::new(Duration::from_secs(30)))
+            .service(connect(server.addr).await),
+    );
+    let left: Msg = within(
+        SOON,
+        "call",
+        client.unary_message("d.Svc/Remaining", Msg::new("")),
+    )
+    .await
+    .unwrap();
+    let left: u64 = left.message.parse().unwrap();
+    assert!(
+        left <= 100,
+        "the handler sees {left} ms, not min(30 s, 100 ms)"
+    );
+
+    let start = Instant::now();
+    let err = within(
+        SOON,
+        "hanging call",
+        client.unary_message::<Msg, Msg>("d.Svc/Hang", Msg::new("")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        within(SOON, "handler dropped", dropped.recv()).await,
+        Some(true)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_deadline_covers_the_whole_response_stream() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let server = serve(
+        Server::builder().layer(TimeoutLayer::new(Duration::from_millis(150))),
+        router(tx),
+    )
+    .await;
+    let mut client = Client::new(connect(server.addr).await);
+    let mut s = within(
+        SOON,
+        "call",
+        client.server_streaming::<Msg, Msg>("d.Svc/Ticks", Request::new(Msg::new(""))),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let mut got = 0;
+    let end = loop {
+        match within(SOON, "next tick", s.message()).await {
+            Ok(Some(_)) => got += 1,
+            Ok(None) => panic!("an endless stream ended without error"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(end.code(), Code::DeadlineExceeded, "{end}");
+    assert!(got >= 1, "no message before the deadline");
+    server.shutdown().await;
+}
