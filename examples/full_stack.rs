@@ -2,7 +2,9 @@
 //!
 //! Run: `cargo run --example full_stack` (a demo: server and client in one
 //! process, printing a reply, a retried call, rejected credentials, a
-//! compressed payload and some /metrics lines), or
+//! compressed payload and some /metrics lines; with `--metrics
+//! 127.0.0.1:9100` the server and /metrics stay up after the demo until
+//! Ctrl-C), or
 //! `cargo run --example full_stack -- --listen 127.0.0.1:7000 --metrics 127.0.0.1:9100`
 //! for the server alone (then `curl 127.0.0.1:9100/metrics`), and
 //! `cargo run --example full_stack -- --connect 127.0.0.1:7000` for the client.
@@ -340,6 +342,13 @@ async fn main() -> Result<(), BoxError> {
     });
     let admin_addr = admin.as_ref().map(AdminServer::local_addr);
     let result = run_client(addr, &registry, &args.token, admin_addr).await;
+    if let (Some(metrics), Ok(())) = (args.metrics, &result) {
+        // Asked for a metrics address: keep the server and /metrics up.
+        println!(
+            "\nserver on {addr}, metrics on http://{metrics}/metrics; Ctrl-C or SIGTERM to stop"
+        );
+        trpc::server::shutdown_signal().await;
+    }
     let _ = stop.send(());
     server.await??;
     result
