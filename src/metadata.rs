@@ -43,6 +43,71 @@ impl fmt::Display for InvalidMetadata {
 
 impl std::error::Error for InvalidMetadata {}
 
+/// A validated text value, cheap to clone: build it once (a token held by a
+/// layer, a header computed per call) and insert it with
+/// [`MetadataMap::insert_value`] without copying or checking it again.
+///
+/// ```
+/// use trpc::metadata::{MetadataMap, MetadataValue};
+/// let token = MetadataValue::try_from(format!("Bearer {}", "s3cret")).unwrap();
+/// let mut md = MetadataMap::new();
+/// md.insert_value("authorization", token.clone());
+/// assert_eq!(md.get("authorization"), Some("Bearer s3cret"));
+/// assert!(MetadataValue::try_from("bad\nvalue").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct MetadataValue(Bytes);
+
+fn check_text(value: &str) -> Result<(), InvalidMetadata> {
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(InvalidMetadata::new(
+            "text value contains control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl MetadataValue {
+    /// A value from a literal.
+    ///
+    /// # Panics
+    /// If `s` contains control characters.
+    pub fn from_static(s: &'static str) -> Self {
+        if let Err(e) = check_text(s) {
+            panic!("MetadataValue::from_static({s:?}): {e}");
+        }
+        MetadataValue(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Validated UTF-8 on every way in.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl TryFrom<String> for MetadataValue {
+    type Error = InvalidMetadata;
+    fn try_from(s: String) -> Result<Self, InvalidMetadata> {
+        check_text(&s)?;
+        Ok(MetadataValue(Bytes::from(s)))
+    }
+}
+
+impl TryFrom<&str> for MetadataValue {
+    type Error = InvalidMetadata;
+    fn try_from(s: &str) -> Result<Self, InvalidMetadata> {
+        check_text(s)?;
+        Ok(MetadataValue(Bytes::copy_from_slice(s.as_bytes())))
+    }
+}
+
+impl fmt::Debug for MetadataValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// A multimap of metadata entries, in insertion order.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct MetadataMap {
@@ -140,15 +205,33 @@ impl MetadataMap {
                 "key {key:?} ends in -bin: use insert_bin"
             )));
         }
-        if value.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(InvalidMetadata::new(format!(
-                "value of {key:?} contains control characters"
-            )));
-        }
+        check_text(value).map_err(|_| {
+            InvalidMetadata::new(format!("value of {key:?} contains control characters"))
+        })?;
         Ok((
             Bytes::copy_from_slice(key.as_bytes()),
             Bytes::copy_from_slice(value.as_bytes()),
         ))
+    }
+
+    /// Sets a pre-validated text value, replacing existing values of `key`;
+    /// neither the key nor the value is copied.
+    ///
+    /// # Panics
+    /// If `key` is not a valid text key.
+    pub fn insert_value(&mut self, key: &'static str, value: MetadataValue) {
+        if let Err(e) = validate_key(key.as_bytes()) {
+            panic!("MetadataMap::insert_value({key:?}): {e}");
+        }
+        assert!(
+            !is_binary_key(key.as_bytes()),
+            "MetadataMap::insert_value({key:?}): -bin keys take insert_bin"
+        );
+        self.remove(key);
+        self.entries.push(Entry {
+            key: Bytes::from_static(key.as_bytes()),
+            value: value.0,
+        });
     }
 
     /// Sets a binary value (key must end in `-bin`), replacing existing values.

@@ -6,7 +6,8 @@ use std::task::{Context, Poll};
 
 use tower_layer::Layer;
 use tower_service::Service;
-use trpc::{Body, BoxError, MetadataMap, Request, Response};
+use trpc::metadata::MetadataValue;
+use trpc::{Body, BoxError, Request, Response};
 
 use super::future::ResponseFuture;
 use super::{API_KEY, AUTHORIZATION};
@@ -14,8 +15,8 @@ use super::{API_KEY, AUTHORIZATION};
 #[derive(PartialEq, Eq)]
 struct Header {
     key: &'static str,
-    value: String,
-    valid: bool,
+    /// The validated value; `None` when the secret cannot travel as metadata.
+    value: Option<MetadataValue>,
 }
 
 /// Attaches a credential to every call: a bearer token or an API key.
@@ -40,9 +41,11 @@ pub struct AuthLayer {
 
 impl AuthLayer {
     fn new(key: &'static str, value: String) -> Self {
-        let valid = MetadataMap::new().try_insert(key, &value).is_ok();
         AuthLayer {
-            header: Arc::new(Header { key, value, valid }),
+            header: Arc::new(Header {
+                key,
+                value: MetadataValue::try_from(value).ok(),
+            }),
         }
     }
 
@@ -118,7 +121,7 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let h = &*self.layer.header;
-        if !h.valid || req.metadata_mut().try_insert(h.key, &h.value).is_err() {
+        let Some(value) = &h.value else {
             return ResponseFuture::failed(
                 trpc::Status::unauthenticated(format!(
                     "the configured {} credential contains characters metadata cannot carry",
@@ -126,7 +129,8 @@ where
                 ))
                 .with_source(super::error::InvalidCredential::new()),
             );
-        }
+        };
+        req.metadata_mut().insert_value(h.key, value.clone());
         ResponseFuture::called(self.inner.call(req))
     }
 }

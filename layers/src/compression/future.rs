@@ -3,10 +3,10 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
+use trpc::metadata::MetadataValue;
 use trpc::{Body, BoxError, Response, Status};
 
 use super::{
@@ -16,7 +16,7 @@ use super::{
 
 /// What a server does to its response: compress it with this encoding (if
 /// any) and announce what it accepts (if the client is compression-aware).
-pub(crate) type ServerPlan = (Option<Encoding>, Option<Arc<str>>);
+pub(crate) type ServerPlan = (Option<Encoding>, Option<MetadataValue>);
 
 pin_project! {
     #[project = KindProj]
@@ -118,14 +118,14 @@ fn compress_response(
     };
     let (mut metadata, extensions, body) = resp.into_parts();
     if let Some(accept) = announce {
-        let _ = metadata.try_insert(ACCEPT_ENCODING, &accept);
+        metadata.insert_value(ACCEPT_ENCODING, accept);
     }
     let body = match encoding {
         None => body,
         Some(enc) => {
             let body = body.map_payloads(move |p| Ok(compress_payload(p, enc, &cfg)))?;
             if body.is_stream() || body.as_once().is_some_and(|p| p.compressed) {
-                let _ = metadata.try_insert(ENCODING, enc.as_str());
+                metadata.insert_value(ENCODING, MetadataValue::from_static(enc.as_str()));
             }
             body
         }

@@ -46,11 +46,11 @@ mod tests;
 
 pub use codec::{Encoding, Level};
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_layer::Layer;
 use tower_service::Service;
+use trpc::metadata::MetadataValue;
 use trpc::{Body, BoxError, MetadataMap, Payload, Request, Response, Status};
 
 use self::codec::{compress, decompress, EncodingSet};
@@ -83,7 +83,7 @@ pub(crate) struct Config {
 #[derive(Clone, Debug)]
 pub struct CompressionLayer {
     config: Config,
-    accept_header: Arc<str>,
+    accept_header: MetadataValue,
 }
 
 impl CompressionLayer {
@@ -98,7 +98,7 @@ impl CompressionLayer {
                 level: Level::Default,
                 max_decompressed: 4 * 1024 * 1024,
             },
-            accept_header: accept.header().into(),
+            accept_header: header_value(accept.header()),
         }
     }
 
@@ -131,7 +131,7 @@ impl CompressionLayer {
     /// compiled in).
     pub fn accept(mut self, encodings: impl IntoIterator<Item = Encoding>) -> Self {
         self.config.accept = EncodingSet::of(encodings);
-        self.accept_header = self.config.accept.header().into();
+        self.accept_header = header_value(self.config.accept.header());
         self
     }
 
@@ -295,16 +295,19 @@ where
         match cfg.side {
             Side::Client => {
                 let (mut parts, body) = req.into_parts();
-                let _ = parts
+                parts
                     .metadata
-                    .try_insert(ACCEPT_ENCODING, &self.layer.accept_header);
+                    .insert_value(ACCEPT_ENCODING, self.layer.accept_header.clone());
                 let body = match cfg.send {
                     Some(enc) => {
                         match body.map_payloads(move |p| Ok(compress_payload(p, enc, &cfg))) {
                             Ok(body) => {
                                 if body.is_stream() || body.as_once().is_some_and(|p| p.compressed)
                                 {
-                                    let _ = parts.metadata.try_insert(ENCODING, enc.as_str());
+                                    parts.metadata.insert_value(
+                                        ENCODING,
+                                        MetadataValue::from_static(enc.as_str()),
+                                    );
                                 }
                                 body
                             }
@@ -337,4 +340,9 @@ where
             }
         }
     }
+}
+
+/// The `trpc-accept-encoding` value for a list of encoding names (ASCII).
+fn header_value(names: String) -> MetadataValue {
+    MetadataValue::try_from(names).unwrap_or_else(|_| MetadataValue::from_static(""))
 }

@@ -45,6 +45,7 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::field;
+use trpc::metadata::MetadataValue;
 use trpc::{Body, BoxError, Request, Response};
 
 use self::context::CurrentGuard;
@@ -132,9 +133,9 @@ where
                     .or_else(TraceContext::current);
                 let ctx = parent.map_or_else(TraceContext::new_root, |p| p.child());
                 // Always valid: ASCII hex and dashes.
-                let _ = req
-                    .metadata_mut()
-                    .try_insert(TRACEPARENT, &ctx.traceparent());
+                if let Ok(v) = MetadataValue::try_from(ctx.traceparent()) {
+                    req.metadata_mut().insert_value(TRACEPARENT, v);
+                }
                 ctx
             }
         };
