@@ -109,10 +109,19 @@ impl fmt::Debug for MetadataValue {
 }
 
 /// A multimap of metadata entries, in insertion order.
+///
+/// The reserved `trpc-codec` entry (the serialisation of the call's messages,
+/// see [`crate::codec`]) is kept in a slot of its own: it is on nearly every
+/// call, and this way it costs neither an allocation nor a validation. It
+/// behaves like any other (single-valued) entry.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct MetadataMap {
+    codec: Option<Bytes>,
     entries: Vec<Entry>,
 }
+
+/// The key whose value lives in [`MetadataMap`]'s own slot.
+const CODEC_KEY: &[u8] = b"trpc-codec";
 
 #[derive(Clone, PartialEq, Eq)]
 struct Entry {
@@ -127,6 +136,18 @@ impl Entry {
     }
 }
 
+/// Which bytes may appear in a metadata key: `a-z 0-9 - _ .`.
+const KEY_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.');
+        b += 1;
+    }
+    t
+};
+
 /// Checks a user metadata key: 1..=255 bytes of `a-z 0-9 - _ .`.
 pub fn validate_key(key: &[u8]) -> Result<(), InvalidMetadata> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
@@ -135,17 +156,13 @@ pub fn validate_key(key: &[u8]) -> Result<(), InvalidMetadata> {
             key.len()
         )));
     }
-    if !key.iter().all(|&b| is_key_byte(b)) {
+    if !key.iter().all(|&b| KEY_BYTES[b as usize]) {
         return Err(InvalidMetadata::new(format!(
             "key {:?} has characters outside a-z 0-9 - _ .",
             String::from_utf8_lossy(key)
         )));
     }
     Ok(())
-}
-
-fn is_key_byte(b: u8) -> bool {
-    matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.')
 }
 
 /// True for keys whose values are binary (`-bin` suffix).
@@ -157,18 +174,31 @@ impl MetadataMap {
     /// An empty map (allocates nothing).
     pub const fn new() -> Self {
         MetadataMap {
+            codec: None,
             entries: Vec::new(),
         }
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + usize::from(self.codec.is_some())
     }
 
     /// True when there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.codec.is_none()
+    }
+
+    /// The `trpc-codec` value, if set.
+    pub(crate) fn codec(&self) -> Option<&str> {
+        self.codec
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Sets (or with `None` removes) the `trpc-codec` value, without copying.
+    pub(crate) fn set_codec(&mut self, name: Option<&'static str>) {
+        self.codec = name.map(|n| Bytes::from_static(n.as_bytes()));
     }
 
     /// Sets a text value, replacing every existing value of `key`.
@@ -187,15 +217,24 @@ impl MetadataMap {
     pub fn try_insert(&mut self, key: &str, value: &str) -> Result<(), InvalidMetadata> {
         let (key, value) = Self::text_entry(key, value)?;
         self.remove(std::str::from_utf8(&key).unwrap_or_default());
-        self.entries.push(Entry { key, value });
+        self.push(key, value);
         Ok(())
     }
 
-    /// Adds a text value, keeping existing values of `key`.
+    /// Adds a text value, keeping existing values of `key` (`trpc-codec`
+    /// holds one value: it is replaced).
     pub fn append(&mut self, key: &str, value: &str) -> Result<(), InvalidMetadata> {
         let (key, value) = Self::text_entry(key, value)?;
-        self.entries.push(Entry { key, value });
+        self.push(key, value);
         Ok(())
+    }
+
+    fn push(&mut self, key: Bytes, value: Bytes) {
+        if key == CODEC_KEY {
+            self.codec = Some(value);
+        } else {
+            self.entries.push(Entry { key, value });
+        }
     }
 
     fn text_entry(key: &str, value: &str) -> Result<(Bytes, Bytes), InvalidMetadata> {
@@ -228,10 +267,7 @@ impl MetadataMap {
             "MetadataMap::insert_value({key:?}): -bin keys take insert_bin"
         );
         self.remove(key);
-        self.entries.push(Entry {
-            key: Bytes::from_static(key.as_bytes()),
-            value: value.0,
-        });
+        self.push(Bytes::from_static(key.as_bytes()), value.0);
     }
 
     /// Sets a binary value (key must end in `-bin`), replacing existing values.
@@ -269,15 +305,26 @@ impl MetadataMap {
         if is_binary_key(key.as_bytes()) {
             return None;
         }
-        self.get_raw(key).and_then(|v| std::str::from_utf8(v).ok())
+        if key.as_bytes() == CODEC_KEY {
+            return self.codec();
+        }
+        self.entries
+            .iter()
+            .find(|e| e.key == key.as_bytes())
+            .and_then(|e| std::str::from_utf8(&e.value).ok())
     }
 
     /// All text values of `key`, in order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.entries
-            .iter()
-            .filter(move |e| e.key == key.as_bytes())
-            .filter_map(|e| std::str::from_utf8(&e.value).ok())
+        let codec = (key.as_bytes() == CODEC_KEY)
+            .then(|| self.codec())
+            .flatten();
+        codec.into_iter().chain(
+            self.entries
+                .iter()
+                .filter(move |e| e.key == key.as_bytes())
+                .filter_map(|e| std::str::from_utf8(&e.value).ok()),
+        )
     }
 
     /// The first binary value of `key` (which must end in `-bin`).
@@ -291,20 +338,19 @@ impl MetadataMap {
             .map(|e| &e.value)
     }
 
-    fn get_raw(&self, key: &str) -> Option<&[u8]> {
-        self.entries
-            .iter()
-            .find(|e| e.key == key.as_bytes())
-            .map(|e| &e.value[..])
-    }
-
     /// True if `key` has at least one value.
     pub fn contains_key(&self, key: &str) -> bool {
+        if key.as_bytes() == CODEC_KEY {
+            return self.codec.is_some();
+        }
         self.entries.iter().any(|e| e.key == key.as_bytes())
     }
 
     /// Removes every value of `key`; returns how many were removed.
     pub fn remove(&mut self, key: &str) -> usize {
+        if key.as_bytes() == CODEC_KEY {
+            return usize::from(self.codec.take().is_some());
+        }
         let before = self.entries.len();
         self.entries.retain(|e| e.key != key.as_bytes());
         before - self.entries.len()
@@ -312,37 +358,49 @@ impl MetadataMap {
 
     /// Iterates over `(key, value)` pairs; binary values are raw bytes.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.entries.iter().map(|e| (e.key_str(), &e.value[..]))
+        let codec = self.codec.as_deref().map(|v| ("trpc-codec", v));
+        codec
+            .into_iter()
+            .chain(self.entries.iter().map(|e| (e.key_str(), &e.value[..])))
     }
 
     /// Moves every entry of `other` into `self` (appending).
     pub fn extend(&mut self, other: MetadataMap) {
+        if other.codec.is_some() {
+            self.codec = other.codec;
+        }
         self.entries.extend(other.entries);
     }
 
     /// Encoded size of the entries in the wire format (see [`encode_entry`]).
     pub(crate) fn encoded_len(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|e| entry_len(e.key.len(), e.value.len()))
-            .sum()
+        self.codec
+            .as_ref()
+            .map_or(0, |v| entry_len(CODEC_KEY.len(), v.len()))
+            + self
+                .entries
+                .iter()
+                .map(|e| entry_len(e.key.len(), e.value.len()))
+                .sum::<usize>()
     }
 
     /// Appends every entry in wire format.
     pub(crate) fn encode(&self, dst: &mut BytesMut) {
+        if let Some(v) = &self.codec {
+            encode_entry(dst, CODEC_KEY, v);
+        }
         for e in &self.entries {
             encode_entry(dst, &e.key, &e.value);
         }
-    }
-
-    pub(crate) fn push_decoded(&mut self, key: Bytes, value: Bytes) {
-        self.entries.push(Entry { key, value });
     }
 }
 
 impl fmt::Debug for MetadataMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut m = f.debug_map();
+        if let Some(v) = &self.codec {
+            m.entry(&"trpc-codec", &String::from_utf8_lossy(v));
+        }
         for e in &self.entries {
             if is_binary_key(&e.key) {
                 m.entry(&e.key_str(), &e.value);
@@ -459,14 +517,18 @@ pub(crate) fn push_wire_entry(
     key: Bytes,
     value: Bytes,
 ) -> Result<(), InvalidMetadata> {
-    validate_key(&key)?;
+    // The codec entry first: it is on nearly every call and the key is known.
+    let known = key == CODEC_KEY;
+    if !known {
+        validate_key(&key)?;
+    }
     if !is_binary_key(&key) && std::str::from_utf8(&value).is_err() {
         return Err(InvalidMetadata::new(format!(
             "value of text key {:?} is not UTF-8 (binary keys must end in -bin)",
             String::from_utf8_lossy(&key)
         )));
     }
-    map.push_decoded(key, value);
+    map.push(key, value);
     Ok(())
 }
 
@@ -484,6 +546,31 @@ mod tests {
         assert_eq!(md.get_all("k").collect::<Vec<_>>(), ["2", "3"]);
         assert_eq!(md.remove("k"), 2);
         assert!(md.is_empty());
+    }
+
+    #[test]
+    fn the_codec_entry_behaves_like_any_other() {
+        let mut md = MetadataMap::new();
+        md.insert("a", "1");
+        md.insert("trpc-codec", "proto");
+        assert_eq!(md.len(), 2);
+        assert_eq!(md.get("trpc-codec"), Some("proto"));
+        assert!(md.contains_key("trpc-codec"));
+        assert_eq!(md.get_all("trpc-codec").collect::<Vec<_>>(), ["proto"]);
+        let keys: Vec<&str> = md.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["trpc-codec", "a"]);
+        let mut buf = BytesMut::new();
+        md.encode(&mut buf);
+        assert_eq!(buf.len(), md.encoded_len());
+        let mut back = MetadataMap::new();
+        for e in BlockIter::new(buf.freeze()) {
+            let (k, v) = e.unwrap();
+            push_wire_entry(&mut back, k, v).unwrap();
+        }
+        assert_eq!(back, md);
+        assert_eq!(md.remove("trpc-codec"), 1);
+        assert_eq!(md.get("trpc-codec"), None);
+        assert_eq!(md.len(), 1);
     }
 
     #[test]

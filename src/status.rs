@@ -137,12 +137,22 @@ impl fmt::Display for Code {
 #[derive(Clone)]
 pub struct Status {
     code: Code,
+    refused: bool,
     message: String,
+    /// Details, trailers and source: most statuses have none, so they live
+    /// behind one optional box and `Result<_, Status>` stays small.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Clone, Default)]
+struct Extra {
     details: Bytes,
     metadata: MetadataMap,
-    refused: bool,
     source: Option<Arc<dyn StdError + Send + Sync + 'static>>,
 }
+
+static NO_DETAILS: Bytes = Bytes::new();
+static NO_METADATA: MetadataMap = MetadataMap::new();
 
 macro_rules! status_ctors {
     ($($(#[$doc:meta])* $name:ident => $code:ident,)*) => {
@@ -161,10 +171,8 @@ impl Status {
         Status {
             code,
             message: message.into(),
-            details: Bytes::new(),
-            metadata: MetadataMap::new(),
             refused: false,
-            source: None,
+            extra: None,
         }
     }
 
@@ -210,6 +218,10 @@ impl Status {
         Status::new(Code::Ok, "").with_metadata(trailers)
     }
 
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
     /// The status code.
     pub fn code(&self) -> Code {
         self.code
@@ -222,34 +234,39 @@ impl Status {
 
     /// Binary details (for example an encoded `google.rpc.Status`); empty when unset.
     pub fn details(&self) -> &Bytes {
-        &self.details
+        self.extra.as_ref().map_or(&NO_DETAILS, |e| &e.details)
     }
 
     /// Sets binary details.
     pub fn with_details(mut self, details: impl Into<Bytes>) -> Status {
-        self.details = details.into();
+        let details = details.into();
+        if !details.is_empty() || self.extra.is_some() {
+            self.extra_mut().details = details;
+        }
         self
     }
 
     /// Trailing metadata sent with this status.
     pub fn metadata(&self) -> &MetadataMap {
-        &self.metadata
+        self.extra.as_ref().map_or(&NO_METADATA, |e| &e.metadata)
     }
 
     /// Mutable trailing metadata.
     pub fn metadata_mut(&mut self) -> &mut MetadataMap {
-        &mut self.metadata
+        &mut self.extra_mut().metadata
     }
 
     /// Sets trailing metadata.
     pub fn with_metadata(mut self, metadata: MetadataMap) -> Status {
-        self.metadata = metadata;
+        if !metadata.is_empty() || self.extra.is_some() {
+            self.extra_mut().metadata = metadata;
+        }
         self
     }
 
     /// Attaches the error that caused this status (kept locally, never sent).
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Status {
-        self.source = Some(Arc::from(source.into()));
+        self.extra_mut().source = Some(Arc::from(source.into()));
         self
     }
 
@@ -376,16 +393,16 @@ impl fmt::Debug for Status {
         if !self.message.is_empty() {
             d.field("message", &self.message);
         }
-        if !self.details.is_empty() {
-            d.field("details", &self.details);
+        if !self.details().is_empty() {
+            d.field("details", self.details());
         }
-        if !self.metadata.is_empty() {
-            d.field("metadata", &self.metadata);
+        if !self.metadata().is_empty() {
+            d.field("metadata", self.metadata());
         }
         if self.refused {
             d.field("refused", &true);
         }
-        if let Some(source) = &self.source {
+        if let Some(source) = self.extra.as_ref().and_then(|e| e.source.as_ref()) {
             d.field("source", source);
         }
         d.finish()
@@ -400,9 +417,10 @@ impl fmt::Display for Status {
 
 impl StdError for Status {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
+        self.extra
             .as_ref()
-            .map(|e| &**e as &(dyn StdError + 'static))
+            .and_then(|e| e.source.as_deref())
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 
@@ -466,6 +484,13 @@ mod tests {
         fn source(&self) -> Option<&(dyn StdError + 'static)> {
             Some(&self.0)
         }
+    }
+
+    #[test]
+    fn the_source_is_the_original_error() {
+        let s = Status::unavailable("x").with_source(io::Error::other("boom"));
+        let src = StdError::source(&s).expect("a source");
+        assert!(src.is::<io::Error>());
     }
 
     #[test]

@@ -673,6 +673,7 @@ where
         idle_since: Some(now),
         timer: Box::pin(tokio::time::sleep_until(now)),
         timer_at: now,
+        timer_polled: false,
         stats: config.stats.clone(),
     };
     if let Some(s) = &task.stats {
@@ -697,6 +698,8 @@ struct ConnTask<IO> {
     idle_since: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
+    /// False after the timer was reset and not yet polled (registered).
+    timer_polled: bool,
     stats: Option<Arc<TransportStats>>,
 }
 
@@ -820,11 +823,14 @@ where
             }
 
             // 4. Timers.
-            if self.timer.as_mut().poll(cx).is_ready() {
-                if let Some(exit) = self.on_timer(calls_open) {
-                    return Poll::Ready(exit);
+            if !self.timer_polled || self.timer.is_elapsed() {
+                self.timer_polled = true;
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    if let Some(exit) = self.on_timer(calls_open) {
+                        return Poll::Ready(exit);
+                    }
+                    progress = true;
                 }
-                progress = true;
             }
             if !progress {
                 return Poll::Pending;
@@ -851,6 +857,7 @@ where
     fn set_timer(&mut self, at: Instant) {
         self.timer_at = at;
         self.timer.as_mut().reset(at);
+        self.timer_polled = false;
     }
 
     /// Arms the timer for the next keepalive or idle check.

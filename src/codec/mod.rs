@@ -64,18 +64,12 @@ pub trait Codec<T>: Clone + Send + Sync + 'static {
 
 /// The codec named in `metadata` (`trpc-codec`), or `json` when absent.
 pub fn codec_name(metadata: &MetadataMap) -> &str {
-    metadata.get(CODEC_KEY).unwrap_or(DEFAULT_CODEC)
+    metadata.codec().unwrap_or(DEFAULT_CODEC)
 }
 
 /// Sets `trpc-codec` in `metadata` (left out for the default, `json`).
 pub fn set_codec_name(metadata: &mut MetadataMap, name: &'static str) {
-    if name == DEFAULT_CODEC {
-        if metadata.contains_key(CODEC_KEY) {
-            metadata.remove(CODEC_KEY);
-        }
-    } else {
-        metadata.insert(CODEC_KEY, name);
-    }
+    metadata.set_codec((name != DEFAULT_CODEC).then_some(name));
 }
 
 /// The codecs a server method accepts, chosen per call by name.

@@ -32,6 +32,9 @@ use crate::stream::{InboundShared, Incoming};
 use crate::util::IdMap;
 use crate::wire;
 
+/// How long a connection stays idle before it gives its buffers back.
+const IDLE_RELEASE: Duration = Duration::from_millis(100);
+
 /// Stop reading new requests while this much output is waiting for the peer.
 const WRITE_HIGH_WATER: usize = 1 << 20;
 
@@ -289,8 +292,14 @@ pub(crate) async fn serve_connection<IO, S>(
         got_settings: false,
         draining: false,
         read_closed: false,
-        shutdown: Box::pin(shutdown.cancelled_owned()),
-        force: Box::pin(force.cancelled_owned()),
+        shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+        force: Box::pin(force.clone().cancelled_owned()),
+        shutdown_token: shutdown,
+        force_token: force,
+        tokens_registered: false,
+        timer_polled: false,
+        buffers_held: true,
+        release_at: None,
         timer: Box::pin(tokio::time::sleep_until(now)),
         timer_at: now,
         started,
@@ -314,7 +323,9 @@ pub(crate) async fn serve_connection<IO, S>(
     tracing::debug!(%peer, "trpc connection opened");
     conn.arm_timer(now);
     let close = poll_fn(|cx| conn.poll_conn(cx)).await;
-    conn.finish(close).await;
+    // The cold path, boxed: it would otherwise make every connection's task
+    // larger for its whole life.
+    Box::pin(conn.finish(close)).await;
 }
 
 /// Why a connection ends.
@@ -418,6 +429,18 @@ struct ServerConn<IO, S: Service<Request<Body>>> {
     read_closed: bool,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     force: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The tokens behind `shutdown` and `force`: once their futures are
+    /// registered, an atomic check tells when to poll them again.
+    shutdown_token: CancellationToken,
+    force_token: CancellationToken,
+    tokens_registered: bool,
+    /// False after the timer was reset and not yet polled (registered).
+    timer_polled: bool,
+    /// Buffers may hold memory since the connection was last idle.
+    buffers_held: bool,
+    /// When an idle connection gives its buffers back (hysteresis: a
+    /// connection between two calls keeps them).
+    release_at: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
     started: Instant,
@@ -490,10 +513,16 @@ where
         loop {
             let mut progress = false;
 
-            if self.force.as_mut().poll(cx).is_ready() {
+            let fresh = !self.tokens_registered;
+            self.tokens_registered = true;
+            if (fresh || self.force_token.is_cancelled()) && self.force.as_mut().poll(cx).is_ready()
+            {
                 return Poll::Ready(Close::Forced);
             }
-            if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
+            if !self.draining
+                && (fresh || self.shutdown_token.is_cancelled())
+                && self.shutdown.as_mut().poll(cx).is_ready()
+            {
                 self.start_drain("server shutting down");
                 progress = true;
             }
@@ -535,6 +564,7 @@ where
             self.signals = signals;
 
             // Read more requests unless backpressured.
+            let was_reading = self.reading();
             if self.reading() && self.backlog {
                 // Frames already buffered come before new bytes.
                 if let Some(close) = self.process_frames(cx) {
@@ -557,6 +587,7 @@ where
                     }
                     Poll::Ready(Ok(n)) => {
                         self.last_read = Instant::now();
+                        self.buffers_held = true;
                         if let Some(s) = &self.cfg.stats {
                             s.on_read(n);
                         }
@@ -596,6 +627,11 @@ where
                     }
                 }
             }
+            if !was_reading && self.reading() {
+                // Writing made room: read again now, so that the socket's
+                // read readiness is registered (nothing else would wake us).
+                progress = true;
+            }
             if !self.parked.is_empty()
                 && self.conn_send_window > 0
                 && self.wbuf.len() < WRITE_HIGH_WATER / 2
@@ -606,15 +642,17 @@ where
                 progress = true;
             }
 
-            // Idle: give memory back.
+            // Idle: give memory back soon (not at once: the next call would
+            // only allocate it again).
             if self.streams.is_empty() && self.pending.is_none() && self.wbuf.is_empty() {
                 if let (Some(idle), false) = (self.cfg.idle_timeout, self.draining) {
                     self.ensure_timer(self.last_call + idle);
                 }
-                self.wbuf.release();
-                self.calls.shrink();
-                if self.rbuf.is_empty() && self.rbuf.capacity() > 0 && !progress {
-                    self.rbuf = BytesMut::new();
+                if self.buffers_held {
+                    self.buffers_held = false;
+                    let at = self.last_read + IDLE_RELEASE;
+                    self.release_at = Some(at);
+                    self.ensure_timer(at);
                 }
                 if self.draining {
                     return Poll::Ready(Close::Graceful("drained"));
@@ -624,11 +662,14 @@ where
                 }
             }
 
-            if self.timer.as_mut().poll(cx).is_ready() {
-                if let Some(close) = self.on_timer() {
-                    return Poll::Ready(close);
+            if !self.timer_polled || self.timer.is_elapsed() {
+                self.timer_polled = true;
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    if let Some(close) = self.on_timer() {
+                        return Poll::Ready(close);
+                    }
+                    progress = true;
                 }
-                progress = true;
             }
             if !progress {
                 return Poll::Pending;
@@ -667,6 +708,16 @@ where
         if at < self.timer_at {
             self.timer_at = at;
             self.timer.as_mut().reset(at);
+            self.timer_polled = false;
+        }
+    }
+
+    /// Gives the buffers of an idle connection back to the allocator.
+    fn release_buffers(&mut self) {
+        self.wbuf.release();
+        self.calls.shrink();
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
         }
     }
 
@@ -698,12 +749,22 @@ where
         if let Some(check) = self.next_idle_stream_check {
             at = at.min(check);
         }
+        if let Some(release) = self.release_at {
+            at = at.min(release);
+        }
         self.timer_at = at.max(now);
         self.timer.as_mut().reset(self.timer_at);
+        self.timer_polled = false;
     }
 
     fn on_timer(&mut self) -> Option<Close> {
         let now = Instant::now();
+        if self.release_at.is_some_and(|at| now >= at) {
+            self.release_at = None;
+            if self.streams.is_empty() && self.pending.is_none() && self.wbuf.is_empty() {
+                self.release_buffers();
+            }
+        }
         let cfg = self.cfg.clone();
         if !self.got_settings && now >= self.started + cfg.handshake_timeout {
             return Some(Close::Error(
@@ -1305,6 +1366,7 @@ where
                 self.poll_stream(idx, id);
             }
             result => {
+                self.calls.recycle(fut);
                 let limits = self.limits();
                 write_response(&mut self.wbuf, id, result, &self.ok, limits);
                 self.end_stream(id);

@@ -396,27 +396,17 @@ impl<L> Server<L> {
             let guard = ConnCount::new(open.clone(), cfg.stats.clone());
             let (svc, cfg, shutdown, force) =
                 (svc.clone(), cfg.clone(), shutdown.clone(), force.clone());
-            tracker.spawn(async move {
-                #[cfg(feature = "tls")]
-                if let Some(acceptor) = cfg.tls.clone() {
-                    let accepted = tokio::time::timeout(
-                        cfg.handshake_timeout,
-                        crate::tls::accept(&acceptor, tcp, peer),
-                    )
-                    .await;
-                    match accepted {
-                        Ok(Some((io, info))) => {
-                            let mut ext = http::Extensions::new();
-                            ext.insert(info);
-                            conn::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext))
-                                .await;
-                        }
-                        Ok(None) => {}
-                        Err(_) => tracing::warn!(%peer, "TLS handshake timeout"),
-                    }
+            // Each kind of connection gets a task future of its own size: a
+            // plaintext connection does not pay for the TLS state machine.
+            #[cfg(feature = "tls")]
+            if let Some(acceptor) = cfg.tls.clone() {
+                tracker.spawn(async move {
+                    serve_tls(acceptor, tcp, peer, svc, cfg, shutdown, force).await;
                     drop(guard);
-                    return;
-                }
+                });
+                continue;
+            }
+            tracker.spawn(async move {
                 conn::serve_connection(tcp, peer, svc, cfg, shutdown, force, None).await;
                 drop(guard);
             });
@@ -439,6 +429,38 @@ impl<L> Server<L> {
         }
         tracing::info!("trpc server stopped");
         Ok(())
+    }
+}
+
+/// Serves one TLS connection: handshake (bounded by the handshake timeout),
+/// then the trpc connection with the peer's TLS details in every request.
+#[cfg(feature = "tls")]
+async fn serve_tls<S>(
+    acceptor: crate::tls::ServerTls,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    svc: S,
+    cfg: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let accepted = tokio::time::timeout(
+        cfg.handshake_timeout,
+        crate::tls::accept(&acceptor, tcp, peer),
+    )
+    .await;
+    match accepted {
+        Ok(Some((io, info))) => {
+            let mut ext = http::Extensions::new();
+            ext.insert(info);
+            conn::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext)).await;
+        }
+        Ok(None) => {}
+        Err(_) => tracing::warn!(%peer, "TLS handshake timeout"),
     }
 }
 

@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use futures_core::Stream;
+use rustc_hash::FxBuildHasher;
 use tower_service::Service;
 
 use crate::body::{Body, Payload};
@@ -302,8 +303,12 @@ streaming_handler! {
 /// method is an `Unimplemented` status for that call.
 #[derive(Clone, Default)]
 pub struct Router {
-    routes: Arc<HashMap<Box<str>, Arc<dyn Handler>>>,
+    /// Keyed by the name's bytes, so a lookup needs no UTF-8 check; FxHash:
+    /// the table is fixed once built, lookups cannot degrade it.
+    routes: Arc<RouteTable>,
 }
+
+type RouteTable = HashMap<Box<[u8]>, Arc<dyn Handler>, FxBuildHasher>;
 
 impl Router {
     /// An empty router.
@@ -321,7 +326,7 @@ impl Router {
             "method {method:?} should look like package.Service/Method"
         );
         let routes = Arc::make_mut(&mut self.routes);
-        let prev = routes.insert(method.into(), Arc::new(handler));
+        let prev = routes.insert(method.as_bytes().into(), Arc::new(handler));
         assert!(prev.is_none(), "method {method:?} routed twice");
         self
     }
@@ -331,19 +336,27 @@ impl Router {
         for (k, v) in other.routes.iter() {
             let routes = Arc::make_mut(&mut self.routes);
             let prev = routes.insert(k.clone(), v.clone());
-            assert!(prev.is_none(), "method {k:?} routed twice");
+            assert!(
+                prev.is_none(),
+                "method {:?} routed twice",
+                String::from_utf8_lossy(k)
+            );
         }
         self
     }
 
     /// True if `method` is routed.
     pub fn has_method(&self, method: &str) -> bool {
-        self.routes.contains_key(method)
+        self.routes.contains_key(method.as_bytes())
     }
 
     /// The routed method names, sorted.
     pub fn methods(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.routes.keys().map(|k| &**k).collect();
+        let mut v: Vec<&str> = self
+            .routes
+            .keys()
+            .filter_map(|k| std::str::from_utf8(k).ok())
+            .collect();
         v.sort_unstable();
         v
     }
@@ -367,7 +380,7 @@ impl Service<Request<Body>> for Router {
     }
 
     fn call(&mut self, req: Request<Body>) -> RouteFuture {
-        match self.routes.get(req.method().as_str()) {
+        match self.routes.get(&req.method().as_bytes()[..]) {
             Some(h) => RouteFuture(Inner::Found(h.call(req))),
             None => RouteFuture(Inner::NotFound(Some(Status::unimplemented(format!(
                 "unknown method {:?}",
