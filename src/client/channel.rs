@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use tokio::sync::Notify;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::connection::{self, Conn};
@@ -280,13 +279,12 @@ enum State {
     Failed(Option<Status>),
 }
 
-pin_project! {
-    /// The future of a [`Channel`] call.
-    pub struct ResponseFuture {
-        state: State,
-        #[pin]
-        sleep: Option<Sleep>,
-    }
+/// The future of a [`Channel`] call.
+///
+/// Its deadline is enforced by the connection (one timer for all of its
+/// calls), or, while no connection is ready yet, by the slow path.
+pub struct ResponseFuture {
+    state: State,
 }
 
 impl fmt::Debug for ResponseFuture {
@@ -338,7 +336,6 @@ impl ResponseFuture {
         let deadline = req.deadline();
         let failed = |s| ResponseFuture {
             state: State::Failed(Some(s)),
-            sleep: None,
         };
         let state = match pool.pick() {
             Pick::Conn(conn) => match begin(&conn, req) {
@@ -352,22 +349,36 @@ impl ResponseFuture {
                     req,
                 },
                 Err((e, req)) if e.is_refused() => {
-                    State::Slow(Box::pin(slow_call(pool.clone(), req)))
+                    State::Slow(Box::pin(slow_call(pool.clone(), req, deadline)))
                 }
                 Err((e, _)) => return failed(e),
             },
-            Pick::Wait => State::Slow(Box::pin(slow_call(pool.clone(), req))),
+            Pick::Wait => State::Slow(Box::pin(slow_call(pool.clone(), req, deadline))),
             Pick::Fail(e) => return failed(e),
         };
-        ResponseFuture {
-            state,
-            sleep: deadline.map(tokio::time::sleep_until),
-        }
+        ResponseFuture { state }
     }
 }
 
-/// The path through connection establishment and refused-call retries.
-async fn slow_call(pool: Arc<Pool>, mut req: Request<Body>) -> Result<Response<Body>, Status> {
+/// The path through connection establishment and refused-call retries,
+/// bounded by the call's deadline.
+async fn slow_call(
+    pool: Arc<Pool>,
+    req: Request<Body>,
+    deadline: Option<Instant>,
+) -> Result<Response<Body>, Status> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, slow_call_inner(pool, req))
+            .await
+            .unwrap_or_else(|_| Err(deadline_exceeded(true))),
+        None => slow_call_inner(pool, req).await,
+    }
+}
+
+async fn slow_call_inner(
+    pool: Arc<Pool>,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Status> {
     let mut last = None;
     for _ in 0..=REFUSED_RETRIES {
         let conn = pool.ready_conn().await?;
@@ -403,15 +414,16 @@ impl Future for ResponseFuture {
     type Output = Result<Response<Body>, Status>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let result = match this.state {
+        let this = self.get_mut();
+        match &mut this.state {
             State::InFlight { call, pool, req } => match call.conn.poll_call(call.id, cx) {
                 Poll::Ready(Err(e)) if e.is_refused() && req.is_some() => {
                     call.done = true;
                     if let Some(req) = req.take() {
-                        *this.state = State::Slow(Box::pin(slow_call(pool.clone(), req)));
+                        let deadline = req.deadline();
+                        this.state = State::Slow(Box::pin(slow_call(pool.clone(), req, deadline)));
                     }
-                    return self_poll_again(cx);
+                    self_poll_again(cx)
                 }
                 Poll::Ready(r) => {
                     call.done = true;
@@ -423,17 +435,7 @@ impl Future for ResponseFuture {
             State::Failed(s) => Poll::Ready(Err(s
                 .take()
                 .unwrap_or_else(|| Status::internal("polled after completion")))),
-        };
-        if result.is_pending() {
-            if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
-                if sleep.poll(cx).is_ready() {
-                    // Dropping the call sends CANCEL to the server.
-                    *this.state = State::Failed(None);
-                    return Poll::Ready(Err(deadline_exceeded(true)));
-                }
-            }
         }
-        result
     }
 }
 

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Decoder;
+use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::endpoint::ClientConfig;
 use crate::body::{Body, Payload};
@@ -102,6 +103,9 @@ struct ConnState {
     conn_blocked: Vec<Waker>,
     conn_recv_window: i64,
     conn_recv_unacked: usize,
+    /// Deadlines of the calls waiting for their response: one timer for the
+    /// connection instead of one per call.
+    deadlines: DelayQueue<u32>,
 }
 
 /// One call on the connection.
@@ -114,6 +118,8 @@ struct Call {
     /// Receive window left for this stream's DATA.
     recv_window: i64,
     deadline: Option<Instant>,
+    /// The call's entry in `ConnState::deadlines`, while it waits.
+    timer: Option<delay_queue::Key>,
 }
 
 enum Resp {
@@ -209,6 +215,13 @@ impl ConnState {
             self.calls.remove(&id);
         }
     }
+
+    /// Takes call `id`'s deadline out of the queue.
+    fn disarm(&mut self, timer: Option<delay_queue::Key>) {
+        if let Some(key) = timer {
+            self.deadlines.try_remove(&key);
+        }
+    }
 }
 
 impl Conn {
@@ -280,6 +293,7 @@ impl Conn {
             max_metadata,
         )?;
         st.next_id += 2;
+        let timer = deadline.map(|d| st.deadlines.insert_at(id, d));
         let outbound = streaming.then(|| Outbound {
             window: i64::from(st.limits.stream_window),
             waker: None,
@@ -293,6 +307,7 @@ impl Conn {
                 outbound,
                 recv_window: i64::from(self.recv_stream_window),
                 deadline,
+                timer,
             },
         );
         let task = self.wake_task(&mut st);
@@ -432,6 +447,8 @@ impl Conn {
                 let Resp::Ready(r) = std::mem::replace(&mut call.response, Resp::Taken) else {
                     return Poll::Ready(Err(Status::internal("call state lost")));
                 };
+                let timer = call.timer.take();
+                st.disarm(timer);
                 st.remove_if_finished(id);
                 Poll::Ready(r)
             }
@@ -445,6 +462,7 @@ impl Conn {
         let mut wakers = Vec::new();
         let mut st = lock(&self.state);
         if let Some(mut call) = st.calls.remove(&id) {
+            st.disarm(call.timer.take());
             let open = call.open_at_server() || call.outbound.is_some();
             call.fail(
                 Status::cancelled("call cancelled by the client"),
@@ -472,6 +490,10 @@ impl Conn {
                 call.fail(status.clone(), &mut wakers);
             }
             st.calls.retain(|_, c| !c.finished());
+            st.deadlines.clear();
+            for call in st.calls.values_mut() {
+                call.timer = None;
+            }
             wakers.append(&mut st.conn_blocked);
             wakers.extend(st.task.take());
         }
@@ -649,6 +671,7 @@ where
             conn_blocked: Vec::new(),
             conn_recv_window: i64::from(config.connection_window),
             conn_recv_unacked: 0,
+            deadlines: DelayQueue::new(),
         }),
         usable: AtomicBool::new(true),
         id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
@@ -758,6 +781,9 @@ where
                 if st.closed.is_some() {
                     return Poll::Ready(Exit::Graceful("closed by the client"));
                 }
+                if !st.deadlines.is_empty() {
+                    expire_deadlines(&mut st, cx, &mut self.wakers);
+                }
                 self.wbuf.append(&mut st.wb);
                 if !st.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     st.task = Some(cx.waker().clone());
@@ -767,6 +793,7 @@ where
                     return Poll::Ready(Exit::Graceful("drained after GOAWAY"));
                 }
             }
+            wake_all(&mut self.wakers);
             self.track_idle(calls_open);
 
             // 2. Write.
@@ -1205,6 +1232,25 @@ where
             }
         }
         st.calls.retain(|_, c| !c.finished());
+    }
+}
+
+/// Fails the calls whose deadline passed before their response came, and
+/// cancels them on the server.
+fn expire_deadlines(st: &mut ConnState, cx: &mut Context<'_>, wakers: &mut Vec<Waker>) {
+    while let Poll::Ready(Some(expired)) = st.deadlines.poll_expired(cx) {
+        let id = expired.into_inner();
+        let Some(call) = st.calls.get_mut(&id) else {
+            continue;
+        };
+        call.timer = None;
+        if matches!(call.response, Resp::Waiting(_)) {
+            call.fail(
+                Status::deadline_exceeded("deadline exceeded while waiting for the response"),
+                wakers,
+            );
+            wire::put_cancel(&mut st.wb, id, Code::DeadlineExceeded);
+        }
     }
 }
 

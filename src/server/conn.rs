@@ -293,13 +293,14 @@ pub(crate) async fn serve_connection<IO, S>(
         draining: false,
         read_closed: false,
         shutdown: Box::pin(shutdown.clone().cancelled_owned()),
-        force: Box::pin(force.clone().cancelled_owned()),
+        force: None,
         shutdown_token: shutdown,
         force_token: force,
         tokens_registered: false,
         timer_polled: false,
         buffers_held: true,
         release_at: None,
+        last_idle: None,
         timer: Box::pin(tokio::time::sleep_until(now)),
         timer_at: now,
         started,
@@ -428,7 +429,8 @@ struct ServerConn<IO, S: Service<Request<Body>>> {
     draining: bool,
     read_closed: bool,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    force: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Created once the connection drains: only then can the grace period end.
+    force: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// The tokens behind `shutdown` and `force`: once their futures are
     /// registered, an atomic check tells when to poll them again.
     shutdown_token: CancellationToken,
@@ -441,6 +443,8 @@ struct ServerConn<IO, S: Service<Request<Body>>> {
     /// When an idle connection gives its buffers back (hysteresis: a
     /// connection between two calls keeps them).
     release_at: Option<Instant>,
+    /// When the connection last went idle.
+    last_idle: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
     started: Instant,
@@ -515,9 +519,14 @@ where
 
             let fresh = !self.tokens_registered;
             self.tokens_registered = true;
-            if (fresh || self.force_token.is_cancelled()) && self.force.as_mut().poll(cx).is_ready()
-            {
-                return Poll::Ready(Close::Forced);
+            if self.draining || self.force_token.is_cancelled() {
+                let token = &self.force_token;
+                let force = self
+                    .force
+                    .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
+                if force.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Close::Forced);
+                }
             }
             if !self.draining
                 && (fresh || self.shutdown_token.is_cancelled())
@@ -650,9 +659,20 @@ where
                 }
                 if self.buffers_held {
                     self.buffers_held = false;
-                    let at = self.last_read + IDLE_RELEASE;
-                    self.release_at = Some(at);
-                    self.ensure_timer(at);
+                    // A connection that was idle a moment ago is busy: it
+                    // keeps its buffers for the next call and gives them back
+                    // after IDLE_RELEASE of quiet. Others give them back now.
+                    let busy = self
+                        .last_idle
+                        .is_some_and(|t| self.last_read < t + IDLE_RELEASE);
+                    self.last_idle = Some(self.last_read);
+                    if busy {
+                        let at = self.last_read + IDLE_RELEASE;
+                        self.release_at = Some(at);
+                        self.ensure_timer(at);
+                    } else {
+                        self.release_buffers();
+                    }
                 }
                 if self.draining {
                     return Poll::Ready(Close::Graceful("drained"));
