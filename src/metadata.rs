@@ -59,7 +59,12 @@ impl std::error::Error for InvalidMetadata {}
 pub struct MetadataValue(Bytes);
 
 fn check_text(value: &str) -> Result<(), InvalidMetadata> {
-    if value.chars().any(|c| c.is_control() && c != '\t') {
+    // Control characters: C0 (below 0x20, but tab) and DEL are single bytes;
+    // C1 (U+0080..=U+009F) is encoded as 0xC2 followed by 0x80..=0x9F.
+    let b = value.as_bytes();
+    let c0 = |c: u8| (c < 0x20 && c != b'\t') || c == 0x7f;
+    let c1 = |w: &[u8]| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1]);
+    if b.iter().any(|&c| c0(c)) || b.windows(2).any(c1) {
         return Err(InvalidMetadata::new(
             "text value contains control characters",
         ));
@@ -582,6 +587,9 @@ mod tests {
         assert!(md.try_insert("a-bin", "x").is_err());
         assert!(md.try_insert_bin("a", vec![1]).is_err());
         assert!(md.try_insert("ok", "line\nbreak").is_err());
+        assert!(md.try_insert("ok", "del\u{7f}").is_err());
+        assert!(md.try_insert("ok", "c1\u{85}").is_err());
+        assert!(md.try_insert("ok", "tab\tand ünïcödé").is_ok());
         assert!(md.try_insert(&"k".repeat(256), "x").is_err());
     }
 

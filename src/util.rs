@@ -25,6 +25,40 @@ impl Hasher for IdHasher {
 /// A `HashMap` keyed by stream id.
 pub(crate) type IdMap<V> = std::collections::HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
+/// Sizes a connection's read buffer to its traffic: small for small calls
+/// (an idle connection holds little, and little is left fragmented behind),
+/// growing while reads fill the buffer, shrinking when they stop doing so.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadSizer {
+    hint: usize,
+}
+
+impl ReadSizer {
+    const MIN: usize = 1024;
+    const MAX: usize = 64 * 1024;
+
+    pub(crate) const fn new() -> Self {
+        ReadSizer { hint: Self::MIN }
+    }
+
+    /// Makes room for the next read; returns the room offered.
+    pub(crate) fn reserve(&self, buf: &mut bytes::BytesMut) -> usize {
+        if buf.capacity() - buf.len() < Self::MIN / 4 {
+            buf.reserve(self.hint);
+        }
+        buf.capacity() - buf.len()
+    }
+
+    /// Learns from a read of `n` bytes into `room` bytes of space.
+    pub(crate) fn observe(&mut self, n: usize, room: usize) {
+        if n >= room {
+            self.hint = (self.hint * 2).min(Self::MAX);
+        } else if n < self.hint / 4 {
+            self.hint = (self.hint / 2).max(Self::MIN);
+        }
+    }
+}
+
 /// A cheap process-wide pseudo-random number (xorshift), for jitter only.
 pub(crate) fn fast_random() -> u64 {
     static STATE: AtomicU64 = AtomicU64::new(0);
@@ -99,6 +133,22 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn the_read_buffer_grows_with_full_reads_and_shrinks_back() {
+        let mut sizer = ReadSizer::new();
+        let mut buf = bytes::BytesMut::new();
+        let room = sizer.reserve(&mut buf);
+        assert!((1024..4096).contains(&room));
+        for _ in 0..10 {
+            sizer.observe(room, room);
+        }
+        assert_eq!(sizer.hint, ReadSizer::MAX);
+        for _ in 0..10 {
+            sizer.observe(10, 64 * 1024);
+        }
+        assert_eq!(sizer.hint, ReadSizer::MIN);
     }
 
     #[test]

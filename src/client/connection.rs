@@ -697,6 +697,7 @@ where
         timer: Box::pin(tokio::time::sleep_until(now)),
         timer_at: now,
         timer_polled: false,
+        read_sizer: crate::util::ReadSizer::new(),
         stats: config.stats.clone(),
     };
     if let Some(s) = &task.stats {
@@ -723,6 +724,7 @@ struct ConnTask<IO> {
     timer_at: Instant,
     /// False after the timer was reset and not yet polled (registered).
     timer_polled: bool,
+    read_sizer: crate::util::ReadSizer,
     stats: Option<Arc<TransportStats>>,
 }
 
@@ -820,9 +822,7 @@ where
             }
 
             // 3. Read.
-            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                self.rbuf.reserve(8 * 1024);
-            }
+            let room = self.read_sizer.reserve(&mut self.rbuf);
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Exit::Error(Status::unavailable(format!(
@@ -831,6 +831,7 @@ where
                     ))))
                 }
                 Poll::Ready(Ok(n)) => {
+                    self.read_sizer.observe(n, room);
                     self.last_read = Instant::now();
                     if let Some(s) = &self.stats {
                         s.on_read(n);

@@ -301,6 +301,7 @@ pub(crate) async fn serve_connection<IO, S>(
         buffers_held: true,
         release_at: None,
         last_idle: None,
+        read_sizer: crate::util::ReadSizer::new(),
         timer: Box::pin(tokio::time::sleep_until(now)),
         timer_at: now,
         started,
@@ -445,6 +446,7 @@ struct ServerConn<IO, S: Service<Request<Body>>> {
     release_at: Option<Instant>,
     /// When the connection last went idle.
     last_idle: Option<Instant>,
+    read_sizer: crate::util::ReadSizer,
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
     started: Instant,
@@ -581,9 +583,7 @@ where
                 }
                 progress = true;
             } else if self.reading() {
-                if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                    self.rbuf.reserve(8 * 1024);
-                }
+                let room = self.read_sizer.reserve(&mut self.rbuf);
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
                     Poll::Ready(Ok(0)) => {
                         // The protocol has no half-close: EOF means the client
@@ -595,6 +595,7 @@ where
                         return Poll::Ready(Close::Graceful("client closed the connection"));
                     }
                     Poll::Ready(Ok(n)) => {
+                        self.read_sizer.observe(n, room);
                         self.last_read = Instant::now();
                         self.buffers_held = true;
                         if let Some(s) = &self.cfg.stats {

@@ -37,7 +37,7 @@ struct Families {
     response_bytes: IntCounterVec,
     request_messages: IntCounterVec,
     response_messages: IntCounterVec,
-    methods: RwLock<HashMap<Method, Arc<MethodMetrics>>>,
+    methods: RwLock<HashMap<Method, Arc<MethodMetrics>, rustc_hash::FxBuildHasher>>,
     other: OnceLock<Arc<MethodMetrics>>,
     max_methods: usize,
 }
@@ -145,7 +145,7 @@ impl RpcMetrics {
                 "Response messages (one per unary call; each message of a stream).".into(),
                 &["method"],
             )?,
-            methods: RwLock::new(HashMap::new()),
+            methods: RwLock::new(HashMap::default()),
             other: OnceLock::new(),
             max_methods,
         };
