@@ -196,9 +196,12 @@ impl MetadataMap {
 
     /// The `trpc-codec` value, if set.
     pub(crate) fn codec(&self) -> Option<&str> {
-        self.codec
-            .as_deref()
-            .and_then(|v| std::str::from_utf8(v).ok())
+        match self.codec.as_deref()? {
+            // The built-in codecs, recognised without a UTF-8 check.
+            b"proto" => Some("proto"),
+            b"json" => Some("json"),
+            v => std::str::from_utf8(v).ok(),
+        }
     }
 
     /// Sets (or with `None` removes) the `trpc-codec` value, without copying.
@@ -524,10 +527,14 @@ pub(crate) fn push_wire_entry(
 ) -> Result<(), InvalidMetadata> {
     // The codec entry first: it is on nearly every call and the key is known.
     let known = key == CODEC_KEY;
+    if known && matches!(&value[..], b"proto" | b"json") {
+        map.codec = Some(value);
+        return Ok(());
+    }
     if !known {
         validate_key(&key)?;
     }
-    if !is_binary_key(&key) && std::str::from_utf8(&value).is_err() {
+    if !is_binary_key(&key) && !value.is_ascii() && std::str::from_utf8(&value).is_err() {
         return Err(InvalidMetadata::new(format!(
             "value of text key {:?} is not UTF-8 (binary keys must end in -bin)",
             String::from_utf8_lossy(&key)

@@ -28,7 +28,8 @@ impl Method {
         if bytes.is_empty() {
             return Err(Status::invalid_argument("empty method name"));
         }
-        if std::str::from_utf8(&bytes).is_err() {
+        // ASCII (nearly every name) is checked a word at a time.
+        if !bytes.is_ascii() && std::str::from_utf8(&bytes).is_err() {
             return Err(Status::invalid_argument("method name is not UTF-8"));
         }
         Ok(Method(bytes))

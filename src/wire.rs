@@ -53,6 +53,21 @@ impl ResponseHead {
     }
 }
 
+/// Parses the decimal ASCII digits of a pseudo-header (`:timeout`, `:status`):
+/// one or more digits, nothing else, no overflow.
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let d = d.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
 fn bad(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("malformed metadata: {e}"))
 }
@@ -68,9 +83,7 @@ pub(crate) fn decode_request_head(block: Bytes) -> Result<RequestHead, Status> {
             match &key[..] {
                 PATH => method = Some(Method::from_bytes(value)?),
                 TIMEOUT => {
-                    let micros = std::str::from_utf8(&value)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
+                    let micros = parse_decimal(&value)
                         .ok_or_else(|| bad(":timeout is not a decimal number of microseconds"))?;
                     timeout = Some(Duration::from_micros(micros));
                 }
@@ -96,9 +109,8 @@ pub(crate) fn decode_response_head(block: Bytes) -> Result<ResponseHead, Status>
         if key.first() == Some(&b':') {
             match &key[..] {
                 STATUS => {
-                    let n = std::str::from_utf8(&value)
-                        .ok()
-                        .and_then(|s| s.parse::<u32>().ok())
+                    let n = parse_decimal(&value)
+                        .and_then(|n| u32::try_from(n).ok())
                         .ok_or_else(|| internal_bad(":status is not a number"))?;
                     head.code = Some(Code::from_u32(n));
                 }
@@ -361,6 +373,24 @@ mod tests {
             .poll_flush(std::pin::Pin::new(&mut out), &mut cx)
             .is_ready());
         BytesMut::from(&out[..])
+    }
+
+    #[test]
+    fn decimal_pseudo_headers() {
+        assert_eq!(parse_decimal(b"0"), Some(0));
+        assert_eq!(parse_decimal(b"1500000"), Some(1_500_000));
+        assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"+5",
+            b"-1",
+            b"1.5",
+            b" 1",
+            b"1a",
+        ] {
+            assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -41,10 +41,10 @@ impl Rules {
 /// The credential of a request, from `authorization: Bearer` or `x-api-key`.
 fn credential(req: &Request<Body>) -> Option<Credential> {
     if let Some(v) = req.metadata().get(AUTHORIZATION) {
-        let v = v.trim();
+        let v = v.trim_ascii();
         if let Some((scheme, token)) = v.split_once(' ') {
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-                return Some(Credential::new(CredentialKind::Bearer, token.trim()));
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim_ascii().is_empty() {
+                return Some(Credential::new(CredentialKind::Bearer, token.trim_ascii()));
             }
         }
     }
