@@ -6,7 +6,9 @@
 //!
 //! Methods (JSON or protobuf):
 //! * `echo.Echo/Say`   `{"message": "..."}` → the same message; request metadata
-//!   whose key starts with `x-` is echoed back as response metadata.
+//!   whose key starts with `x-` is echoed back as response metadata (text
+//!   values in order, repeated keys included; a binary `x-…-bin` key once,
+//!   with its last value); other metadata is not echoed.
 //! * `echo.Echo/Sleep` `{"millis": N}` → sleeps, then replies; a cancelled sleep
 //!   (deadline passed, caller gone) is logged and counted.
 //! * `echo.Echo/Fail`  `{"code": N, "message": "..."}` → fails with that status.
@@ -141,11 +143,15 @@ fn router(counters: Arc<Counters>) -> Router {
             c.calls.fetch_add(1, Ordering::Relaxed);
             let mut echoed = trpc::MetadataMap::new();
             for (k, v) in req.metadata().iter() {
-                if k.starts_with("x-") {
-                    if let Ok(v) = std::str::from_utf8(v) {
-                        let _ = echoed.append(k, v);
-                    }
+                if !k.starts_with("x-") {
+                    continue;
                 }
+                // Keys and values were validated on arrival, so these succeed.
+                let _ = if trpc::metadata::is_binary_key(k.as_bytes()) {
+                    echoed.try_insert_bin(k, bytes::Bytes::copy_from_slice(v))
+                } else {
+                    std::str::from_utf8(v).map_or(Ok(()), |v| echoed.append(k, v))
+                };
             }
             let mut resp = Response::new(req.into_inner());
             *resp.metadata_mut() = echoed;

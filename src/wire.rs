@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::body::Payload;
 use crate::frame::{put_header, Flags, FrameType, WriteBuf, HEADER_LEN};
@@ -197,7 +197,6 @@ pub(crate) fn put_request_headers(
 }
 
 /// Encodes a DATA frame carrying one message.
-#[allow(dead_code)] // used by streaming calls (in progress)
 pub(crate) fn put_data(wb: &mut WriteBuf, stream_id: u32, payload: &Payload, end_stream: bool) {
     let flags = Flags::NONE
         .with_if(Flags::END_STREAM, end_stream)
@@ -261,7 +260,6 @@ pub(crate) fn put_response_headers(
 
 /// Encodes a TRAILERS frame ending a stream with `status` (server) or just
 /// half-closing it (client, `status` = None).
-#[allow(dead_code)] // used by streaming calls (in progress)
 pub(crate) fn put_trailers(
     wb: &mut WriteBuf,
     stream_id: u32,
@@ -292,9 +290,15 @@ pub(crate) fn put_trailers(
     });
 }
 
+/// The status message as sent: at most `MAX_STATUS_MESSAGE` bytes, cut at a
+/// character boundary so the receiver still sees valid UTF-8.
 fn status_message(s: &Status) -> &[u8] {
-    let m = s.message().as_bytes();
-    &m[..m.len().min(MAX_STATUS_MESSAGE)]
+    let m = s.message();
+    let mut end = m.len().min(MAX_STATUS_MESSAGE);
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    &m.as_bytes()[..end]
 }
 
 fn response_block_len(metadata: &MetadataMap, status: Option<&Status>) -> usize {
@@ -347,16 +351,9 @@ pub(crate) fn cancel_code(payload: &[u8]) -> Code {
 }
 
 /// Reads a WINDOW_UPDATE increment.
-#[allow(dead_code)] // used by streaming calls (in progress)
 pub(crate) fn window_increment(payload: &[u8]) -> Option<u32> {
     let b = payload.get(..4)?;
     Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-/// Appends a u32 to a buffer (for tests building raw frames).
-#[allow(dead_code)]
-pub(crate) fn put_u32(b: &mut BytesMut, v: u32) {
-    b.put_u32(v);
 }
 
 #[cfg(test)]
@@ -469,6 +466,21 @@ mod tests {
         assert_eq!(&back.details()[..], b"\x00\x01");
         assert_eq!(back.metadata(), &trailers);
         assert!(back.is_refused());
+    }
+
+    #[test]
+    fn long_status_messages_are_cut_at_a_character_boundary() {
+        // 4095 ASCII bytes, then 'é' (2 bytes) straddling the 4 KiB limit.
+        let message = format!("{}é and more", "x".repeat(MAX_STATUS_MESSAGE - 1));
+        let mut wb = WriteBuf::new();
+        put_trailers(&mut wb, 3, Some(&Status::internal(message)), 16 * 1024);
+        let mut bytes = drain(&mut wb);
+        let Some(Decoded::Frame(f)) = FrameCodec::new().decode(&mut bytes).unwrap() else {
+            panic!("no frame")
+        };
+        let back = decode_response_head(f.metadata).unwrap().into_status();
+        assert_eq!(back.code(), Code::Internal);
+        assert_eq!(back.message(), "x".repeat(MAX_STATUS_MESSAGE - 1));
     }
 
     #[test]

@@ -158,40 +158,38 @@ async fn lengths_that_disagree_with_the_bytes_are_caught() {
     assert_goaway(&g, GoawayCode::ProtocolError, "bad magic");
     assert_eq!(g.last_stream_id, 1);
 
-    // Control frames shorter than their fixed layout.
-    // SETTINGS whose payload is not a multiple of 6: connection error.
+    // Control frames whose payload does not have their fixed size
+    // (PROTOCOL.md §2): each a FRAME_SIZE_ERROR connection error.
+    for (k, stream, payload, name) in [
+        (kind::SETTINGS, 0, &[0, 1, 0, 0, 0][..], "Settings"),
+        (kind::WINDOW_UPDATE, 0, &[0, 1], "WindowUpdate"),
+        (kind::WINDOW_UPDATE, 9, &[0, 0, 0, 0, 1], "WindowUpdate"),
+        (kind::PING, 0, &[1, 2, 3], "Ping"),
+        (kind::PONG, 0, &[0; 9], "Pong"),
+        (kind::CANCEL, 9, &[1], "Cancel"),
+        (kind::GOAWAY, 0, &[0, 0, 0], "Goaway"),
+    ] {
+        let mut p = Peer::handshake(h.addr).await;
+        echo_works(&mut p, 1).await;
+        p.send(&raw_frame(k, 0, stream, &[], payload)).await;
+        let g = p.goaway_then_close().await;
+        assert_goaway(&g, GoawayCode::FrameSizeError, name);
+        assert_eq!(g.last_stream_id, 1);
+    }
+    // The sizes that are right: a CANCEL with or without its code, a PING
+    // of 8 bytes (answered with the same bytes).
     let mut p = Peer::handshake(h.addr).await;
-    p.send(&raw_frame(kind::SETTINGS, 0, 0, &[], &[0, 1, 0, 0, 0]))
+    p.send(&raw_frame(kind::CANCEL, 0, 9, &[], &[])).await;
+    p.send(&raw_frame(kind::CANCEL, 0, 11, &[], &[0, 0, 0, 1]))
         .await;
-    assert_goaway(
-        &p.goaway_then_close().await,
-        GoawayCode::ProtocolError,
-        "SETTINGS",
-    );
-    // WINDOW_UPDATE for the connection with 2 of its 4 bytes: increment 0,
-    // a FLOW_CONTROL connection error.
-    let mut p = Peer::handshake(h.addr).await;
-    p.send(&raw_frame(kind::WINDOW_UPDATE, 0, 0, &[], &[0, 1]))
-        .await;
-    assert_goaway(
-        &p.goaway_then_close().await,
-        GoawayCode::FlowControlError,
-        "WINDOW_UPDATE",
-    );
-    // A 3-byte PING is answered (padded to 8 bytes); a 1-byte CANCEL and a
-    // 3-byte GOAWAY from the client are harmless; the connection serves on.
-    let mut p = Peer::handshake(h.addr).await;
-    p.send(&raw_frame(kind::PING, 0, 0, &[], &[1, 2, 3])).await;
-    p.send(&raw_frame(kind::CANCEL, 0, 9, &[], &[1])).await;
-    p.send(&raw_frame(kind::GOAWAY, 0, 0, &[], &[0, 0, 0]))
-        .await;
+    p.send(&raw_frame(kind::PING, 0, 0, &[], b"12345678")).await;
     match p.next().await {
         Seen::Frame(f) if f.frame_type() == Some(FrameType::Pong) => {
-            assert_eq!(&f.payload[..], &[1, 2, 3, 0, 0, 0, 0, 0]);
+            assert_eq!(&f.payload[..], b"12345678");
         }
         other => panic!("expected PONG, got {other:?}"),
     }
-    echo_works(&mut p, 1).await;
+    echo_works(&mut p, 13).await;
 
     by.finish().await;
     h.server.shutdown().await;
@@ -204,16 +202,13 @@ async fn zero_length_frames_of_every_type_get_their_documented_reaction() {
     let by = Bystander::start(h.addr).await;
     let mut p = Peer::handshake(h.addr).await;
 
-    // Harmless when empty: SETTINGS, DATA/TRAILERS/CANCEL/WINDOW_UPDATE for a
-    // stream that does not exist, PONG, GOAWAY, an unknown type.
+    // Harmless when empty: SETTINGS, DATA/TRAILERS/CANCEL for a stream that
+    // does not exist, an unknown type.
     for (k, stream) in [
         (kind::SETTINGS, 0),
         (kind::DATA, 7),
         (kind::TRAILERS, 7),
         (kind::CANCEL, 7),
-        (kind::WINDOW_UPDATE, 7),
-        (kind::PONG, 0),
-        (kind::GOAWAY, 0),
         (0x42, 0),
     ] {
         p.send(&raw_frame(k, 0, stream, &[], &[])).await;
@@ -223,14 +218,6 @@ async fn zero_length_frames_of_every_type_get_their_documented_reaction() {
     let (id, code, msg, _) = p.response().await;
     assert_eq!((id, code), (1, Code::InvalidArgument as u32), "{msg}");
     assert!(msg.contains(":path"), "{msg}");
-    // An empty PING is answered with 8 zero bytes.
-    p.send(&raw_frame(kind::PING, 0, 0, &[], &[])).await;
-    match p.next().await {
-        Seen::Frame(f) if f.frame_type() == Some(FrameType::Pong) => {
-            assert_eq!(&f.payload[..], &[0; 8]);
-        }
-        other => panic!("expected PONG, got {other:?}"),
-    }
     // A call with an empty message (HEADERS with MESSAGE, no payload): the
     // JSON codec cannot decode nothing, so INVALID_ARGUMENT.
     p.send(&unary_request(3, "echo.Echo/Say", &[], Vec::new()))
@@ -238,13 +225,28 @@ async fn zero_length_frames_of_every_type_get_their_documented_reaction() {
     let (id, code, msg, _) = p.response().await;
     assert_eq!((id, code), (3, Code::InvalidArgument as u32), "{msg}");
     echo_works(&mut p, 5).await;
-    // An empty WINDOW_UPDATE for the connection: increment 0, a FLOW_CONTROL
-    // connection error.
-    p.send(&raw_frame(kind::WINDOW_UPDATE, 0, 0, &[], &[]))
+    // An increment of 0 for the connection: a FLOW_CONTROL connection error.
+    p.send(&raw_frame(kind::WINDOW_UPDATE, 0, 0, &[], &[0; 4]))
         .await;
     let g = p.goaway_then_close().await;
     assert_goaway(&g, GoawayCode::FlowControlError, "WINDOW_UPDATE");
     assert_eq!(g.last_stream_id, 5);
+    // Empty PING, PONG, GOAWAY and WINDOW_UPDATE frames have the wrong size
+    // (PROTOCOL.md §2): a FRAME_SIZE_ERROR connection error each.
+    for (k, stream, name) in [
+        (kind::PING, 0, "Ping"),
+        (kind::PONG, 0, "Pong"),
+        (kind::GOAWAY, 0, "Goaway"),
+        (kind::WINDOW_UPDATE, 7, "WindowUpdate"),
+    ] {
+        let mut p = Peer::handshake(h.addr).await;
+        p.send(&raw_frame(k, 0, stream, &[], &[])).await;
+        assert_goaway(
+            &p.goaway_then_close().await,
+            GoawayCode::FrameSizeError,
+            name,
+        );
+    }
 
     by.finish().await;
     h.server.shutdown().await;
@@ -407,6 +409,17 @@ async fn bad_methods_payloads_and_codecs_fail_only_their_call() {
             Code::InvalidArgument,
             "protobuf",
         ),
+        // A deadline that has already passed: the handler is not run.
+        (
+            unary_request(13, "echo.Echo/Say", &[(":timeout", b"0")], echo_body("x")).to_vec(),
+            Code::DeadlineExceeded,
+            "deadline",
+        ),
+        (
+            unary_request(15, "echo.Echo/Say", &[(":timeout", b"1.5")], echo_body("x")).to_vec(),
+            Code::InvalidArgument,
+            ":timeout",
+        ),
     ];
     for (bytes, want, text) in cases {
         p.send(&bytes).await;
@@ -419,14 +432,14 @@ async fn bad_methods_payloads_and_codecs_fail_only_their_call() {
     }
     // A valid protobuf call on the same connection.
     p.send(&unary_request(
-        13,
+        17,
         "h.H/Big",
-        &[("trpc-codec", b"proto")],
+        &[("trpc-codec", b"proto"), (":timeout", b"005000000")],
         ask_body(10),
     ))
     .await;
     let (id, code, msg, _) = p.response().await;
-    assert_eq!((id, code), (13, OK), "{msg}");
+    assert_eq!((id, code), (17, OK), "{msg}");
     by.finish().await;
     h.server.shutdown().await;
 }

@@ -68,7 +68,9 @@ impl PeerLimits {
                 .map_or(frame::DEFAULT_MAX_MESSAGE, |v| v as usize),
             max_metadata: s
                 .max_metadata_size
-                .map_or(frame::DEFAULT_MAX_METADATA, |v| v as usize),
+                .map_or(frame::DEFAULT_MAX_METADATA, |v| {
+                    (v as usize).max(frame::MIN_MAX_METADATA)
+                }),
             max_streams: s.max_concurrent_streams.map_or(usize::MAX, |v| v as usize),
             stream_window: s
                 .initial_stream_window
@@ -1002,6 +1004,18 @@ where
     /// for the pending calls).
     fn on_frame(&mut self, st: &mut ConnState, f: Frame) -> Result<(), (GoawayCode, Status)> {
         let id = f.stream_id();
+        if let Some(k) = f
+            .frame_type()
+            .filter(|k| !k.payload_size_ok(f.payload.len()))
+        {
+            return Err((
+                GoawayCode::FrameSizeError,
+                Status::internal(format!(
+                    "protocol error: the server sent a malformed {k:?} frame ({}-byte payload)",
+                    f.payload.len()
+                )),
+            ));
+        }
         match f.frame_type() {
             Some(FrameType::Headers) => self.on_headers(st, f),
             Some(FrameType::Data) => return self.on_data(st, f),
@@ -1038,9 +1052,9 @@ where
             }
             Some(FrameType::WindowUpdate) => return self.on_window_update(st, id, &f.payload),
             Some(FrameType::Ping) => {
+                // 8 bytes exactly: checked on arrival (payload_size_ok).
                 let mut data = [0u8; 8];
-                let n = f.payload.len().min(8);
-                data[..n].copy_from_slice(&f.payload[..n]);
+                data.copy_from_slice(&f.payload);
                 st.wb.put(|b| frame::put_ping(b, true, data));
             }
             Some(FrameType::Pong) => {

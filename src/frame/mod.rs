@@ -40,6 +40,9 @@ pub const MAX_CONTROL_PAYLOAD: usize = 16 * 1024;
 pub const DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 /// Default largest metadata block accepted: 16 KiB.
 pub const DEFAULT_MAX_METADATA: usize = 16 * 1024;
+/// The smallest MAX_METADATA_SIZE a side may announce (a status block always
+/// fits); smaller configured or received values are raised to it.
+pub const MIN_MAX_METADATA: usize = 1024;
 /// Default initial per-stream receive window (flow control): 1 MiB.
 pub const DEFAULT_STREAM_WINDOW: u32 = 1 << 20;
 /// Default initial connection receive window (flow control): 16 MiB.
@@ -59,7 +62,7 @@ pub enum FrameType {
     Data = 2,
     /// Ends the sender's side of a stream with metadata (server: the status).
     Trailers = 3,
-    /// Aborts a stream (payload: 4-byte status code).
+    /// Aborts a stream (payload: empty, or a 4-byte status code).
     Cancel = 4,
     /// Liveness probe (stream 0, 8 opaque bytes).
     Ping = 5,
@@ -96,6 +99,22 @@ impl FrameType {
             self,
             FrameType::Headers | FrameType::Data | FrameType::Trailers
         )
+    }
+
+    /// Whether `len` is a valid payload size for this control frame type
+    /// (docs/PROTOCOL.md §2): SETTINGS a multiple of 6, CANCEL 0 or 4, PING
+    /// and PONG 8, GOAWAY at least 8, WINDOW_UPDATE 4. Stream frames
+    /// (HEADERS, DATA, TRAILERS) are bounded by the size limits instead and
+    /// always pass. Any other size is a connection error (FRAME_SIZE_ERROR).
+    pub fn payload_size_ok(self, len: usize) -> bool {
+        match self {
+            FrameType::Settings => len % 6 == 0,
+            FrameType::Cancel => len == 0 || len == 4,
+            FrameType::Ping | FrameType::Pong => len == 8,
+            FrameType::Goaway => len >= 8,
+            FrameType::WindowUpdate => len == 4,
+            FrameType::Headers | FrameType::Data | FrameType::Trailers => true,
+        }
     }
 }
 

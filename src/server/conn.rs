@@ -979,10 +979,20 @@ where
             if kind != Some(FrameType::Settings) {
                 return Some(Close::Error(
                     GoawayCode::ProtocolError,
-                    format!("first frame must be SETTINGS, got {:?}", f),
+                    format!(
+                        "first frame must be SETTINGS, got frame type {} on stream {}",
+                        f.header.kind,
+                        f.stream_id()
+                    ),
                 ));
             }
             self.got_settings = true;
+        }
+        if let Some(k) = kind.filter(|k| !k.payload_size_ok(f.payload.len())) {
+            return Some(Close::Error(
+                GoawayCode::FrameSizeError,
+                format!("malformed {k:?} frame: a {}-byte payload", f.payload.len()),
+            ));
         }
         match kind {
             Some(FrameType::Headers) => return self.on_headers(f, cx),
@@ -1012,9 +1022,9 @@ where
                 return self.on_window_update(f.stream_id(), &f.payload)
             }
             Some(FrameType::Ping) => {
+                // 8 bytes exactly: checked on arrival (payload_size_ok).
                 let mut data = [0u8; 8];
-                let n = f.payload.len().min(8);
-                data[..n].copy_from_slice(&f.payload[..n]);
+                data.copy_from_slice(&f.payload);
                 self.wbuf.put(|b| frame::put_ping(b, true, data));
             }
             Some(FrameType::Pong) => self.ping_sent = None,
@@ -1024,8 +1034,10 @@ where
                         self.peer_max_message = v as usize;
                     }
                     if let Some(v) = s.max_metadata_size {
-                        // The u24 length field cannot describe more.
-                        self.peer_max_metadata = (v as usize).min(frame::MAX_METADATA_FIELD);
+                        // The u24 length field cannot describe more; below
+                        // the protocol's floor a status block might not fit.
+                        self.peer_max_metadata =
+                            (v as usize).clamp(frame::MIN_MAX_METADATA, frame::MAX_METADATA_FIELD);
                     }
                     if let Some(v) = s.initial_stream_window {
                         self.peer_stream_window = v.min(frame::MAX_WINDOW as u32);
@@ -1100,6 +1112,13 @@ where
                 return None;
             }
         };
+        if head.timeout == Some(Duration::ZERO) {
+            self.respond_err(
+                id,
+                Status::deadline_exceeded("deadline exceeded before the call reached the server"),
+            );
+            return None;
+        }
         let flags = f.header.flags;
         let message = flags.contains(Flags::MESSAGE).then(|| Payload {
             bytes: f.payload,

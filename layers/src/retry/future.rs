@@ -45,6 +45,9 @@ pin_project! {
         idempotent: bool,
         deadline: Option<Instant>,
         attempts: u32,
+        // The error of the last attempt, returned if the deadline passes
+        // before the next one can start.
+        last_error: Option<BoxError>,
     }
 }
 
@@ -67,6 +70,7 @@ impl<S: Service<Request<Body>>> ResponseFuture<S> {
             idempotent,
             deadline,
             attempts: 1,
+            last_error: None,
         }
     }
 }
@@ -134,6 +138,7 @@ where
                         error = %err,
                         "retrying call"
                     );
+                    *this.last_error = Some(err);
                     this.state.set(State::Backoff {
                         sleep: tokio::time::sleep_until(resume),
                     });
@@ -146,6 +151,16 @@ where
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
+                    // Timers fire late and readiness may take a while: never
+                    // start an attempt once the deadline has passed.
+                    if this.deadline.is_some_and(|d| Instant::now() >= d) {
+                        let err = this.last_error.take().unwrap_or_else(|| {
+                            Status::deadline_exceeded("deadline passed before a retry").into()
+                        });
+                        tracing::debug!(attempts = *this.attempts, error = %err, "not retrying: the deadline passed during the backoff");
+                        return Poll::Ready(Err(err));
+                    }
+                    *this.last_error = None;
                     let Some(request) = this.request.take() else {
                         return Poll::Ready(
                             Err(Status::internal("retry without a request").into()),
