@@ -701,6 +701,7 @@ where
         timer_polled: false,
         read_sizer: crate::util::ReadSizer::new(),
         stats: config.stats.clone(),
+        write_deferred: false,
     };
     if let Some(s) = &task.stats {
         s.on_open();
@@ -728,7 +729,14 @@ struct ConnTask<IO> {
     timer_polled: bool,
     read_sizer: crate::util::ReadSizer,
     stats: Option<Arc<TransportStats>>,
+    /// The write of newly queued frames was put off by one scheduling round
+    /// (see `poll_conn`).
+    write_deferred: bool,
 }
+
+/// Frames queued beyond this are written at once, without waiting a round
+/// for more callers to add theirs.
+const DEFER_WRITE_BELOW: usize = 64 * 1024;
 
 enum Exit {
     /// Closed on purpose (idle, channel dropped, drained after GOAWAY).
@@ -776,6 +784,8 @@ where
     }
 
     fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
+        // Set when this poll put the write off to the next one.
+        let mut hold_writes = false;
         loop {
             let mut progress = false;
             // 1. Take the callers' frames; let them wake us for more.
@@ -800,8 +810,19 @@ where
             wake_all(&mut self.wakers);
             self.track_idle(calls_open);
 
-            // 2. Write.
-            if !self.wbuf.is_empty() {
+            // 2. Write. A caller that queues a call wakes this task, which
+            // the runtime then runs right after that caller (tokio's LIFO
+            // slot), before the other callers woken by the same batch of
+            // responses: writing then would cost a syscall per call. So
+            // new frames wait one scheduling round (a self-wake goes to the
+            // back of the run queue) and go out together.
+            let write_now = !hold_writes && !self.wbuf.is_empty();
+            if write_now && !self.write_deferred && self.wbuf.len() < DEFER_WRITE_BELOW {
+                self.write_deferred = true;
+                hold_writes = true;
+                cx.waker().wake_by_ref();
+            } else if write_now {
+                self.write_deferred = false;
                 let before = self.wbuf.len();
                 if let Some(s) = &self.stats {
                     s.observe_write_buffered(before);
