@@ -702,6 +702,7 @@ where
         read_sizer: crate::util::ReadSizer::new(),
         stats: config.stats.clone(),
         write_deferred: false,
+        last_woken: 0,
     };
     if let Some(s) = &task.stats {
         s.on_open();
@@ -732,6 +733,8 @@ struct ConnTask<IO> {
     /// The write of newly queued frames was put off by one scheduling round
     /// (see `poll_conn`).
     write_deferred: bool,
+    /// Callers woken by the last frames read (their calls' responses).
+    last_woken: usize,
 }
 
 /// Frames queued beyond this are written at once, without waiting a round
@@ -814,10 +817,15 @@ where
             // the runtime then runs right after that caller (tokio's LIFO
             // slot), before the other callers woken by the same batch of
             // responses: writing then would cost a syscall per call. So
-            // new frames wait one scheduling round (a self-wake goes to the
-            // back of the run queue) and go out together.
+            // when a batch of callers was just woken, new frames wait one
+            // scheduling round (a self-wake goes to the back of the run
+            // queue) and go out together.
             let write_now = !hold_writes && !self.wbuf.is_empty();
-            if write_now && !self.write_deferred && self.wbuf.len() < DEFER_WRITE_BELOW {
+            if write_now
+                && !self.write_deferred
+                && self.last_woken > 1
+                && self.wbuf.len() < DEFER_WRITE_BELOW
+            {
                 self.write_deferred = true;
                 hold_writes = true;
                 cx.waker().wake_by_ref();
@@ -987,6 +995,7 @@ where
         // the callers' frames.
         self.wbuf.append(&mut st.wb);
         drop(st);
+        self.last_woken = self.wakers.len();
         wake_all(&mut self.wakers);
         result
     }
