@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/trpc-target
 CARGO ?= cargo
 
-.PHONY: demo test fmt fmt-check clippy unit doc-test bench fuzz clean
+.PHONY: demo test deps fmt fmt-check clippy unit doc-test bench fuzz clean
 
 ## demo: start the echo server, show a reply, a deadline, a status error, metadata and a recovered panic, stop gracefully;
 ## then every layer at once (examples/full_stack): a retried call, rejected credentials, compression, /metrics.
@@ -12,7 +12,12 @@ demo:
 	./scripts/demo.sh
 
 ## test: formatting, clippy -D warnings, and every unit, doc and integration test.
-test: fmt-check clippy unit doc-test
+test: deps fmt-check clippy unit doc-test
+
+## deps: system packages the tests need, installed when missing (python3 runs the
+## cross-language client of integration/interop/ against a trpc server).
+deps:
+	@command -v python3 >/dev/null 2>&1 || { apt-get update && apt-get install -y python3; }
 
 fmt:
 	$(CARGO) fmt --all
