@@ -1,4 +1,4 @@
-//! Streaming calls: the receive side of a stream ([`Incoming`], with
+//! Streaming calls: the receive side of a stream (`Incoming`, with
 //! flow-control credit) and the typed [`Streaming`] that handlers and clients use.
 //!
 //! A stream of messages ends in one of three ways, as seen through [`Body`]:

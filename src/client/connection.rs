@@ -69,7 +69,7 @@ impl PeerLimits {
             max_metadata: s
                 .max_metadata_size
                 .map_or(frame::DEFAULT_MAX_METADATA, |v| {
-                    (v as usize).max(frame::MIN_MAX_METADATA)
+                    frame::metadata_limit(v as usize)
                 }),
             max_streams: s.max_concurrent_streams.map_or(usize::MAX, |v| v as usize),
             stream_window: s
@@ -981,9 +981,8 @@ where
                 Ok(None) => break Ok(()),
                 Err(e) => {
                     tracing::warn!(conn = conn.id, peer = %conn.peer, error = %e, "protocol error from server");
-                    st.wb.put(|b| {
-                        frame::put_goaway(b, 0, GoawayCode::ProtocolError, &e.to_string())
-                    });
+                    st.wb
+                        .put(|b| frame::put_goaway(b, 0, e.goaway_code(), &e.to_string()));
                     break Err(Status::internal(format!(
                         "protocol error from {}: {e}",
                         conn.peer
@@ -1034,18 +1033,6 @@ where
     /// for the pending calls).
     fn on_frame(&mut self, st: &mut ConnState, f: Frame) -> Result<(), (GoawayCode, Status)> {
         let id = f.stream_id();
-        if let Some(k) = f
-            .frame_type()
-            .filter(|k| !k.payload_size_ok(f.payload.len()))
-        {
-            return Err((
-                GoawayCode::FrameSizeError,
-                Status::internal(format!(
-                    "protocol error: the server sent a malformed {k:?} frame ({}-byte payload)",
-                    f.payload.len()
-                )),
-            ));
-        }
         match f.frame_type() {
             Some(FrameType::Headers) => self.on_headers(st, f),
             Some(FrameType::Data) => return self.on_data(st, f),
@@ -1082,10 +1069,10 @@ where
             }
             Some(FrameType::WindowUpdate) => return self.on_window_update(st, id, &f.payload),
             Some(FrameType::Ping) => {
-                // 8 bytes exactly: checked on arrival (payload_size_ok).
-                let mut data = [0u8; 8];
-                data.copy_from_slice(&f.payload);
-                st.wb.put(|b| frame::put_ping(b, true, data));
+                // The decoder admits only 8-byte PINGs.
+                if let Ok(data) = <[u8; 8]>::try_from(&f.payload[..]) {
+                    st.wb.put(|b| frame::put_ping(b, true, data));
+                }
             }
             Some(FrameType::Pong) => {
                 self.ping_sent = None;

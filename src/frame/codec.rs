@@ -7,7 +7,7 @@ use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::{
-    parse_header, put_header, Frame, FrameHeader, FrameType, DEFAULT_MAX_MESSAGE,
+    parse_header, put_header, Frame, FrameHeader, FrameType, GoawayCode, DEFAULT_MAX_MESSAGE,
     DEFAULT_MAX_METADATA, HEADER_LEN, MAX_CONTROL_PAYLOAD, MAX_METADATA_FIELD,
 };
 
@@ -43,6 +43,14 @@ pub enum FrameError {
         /// Payload length.
         payload_len: u32,
     },
+    /// A control frame whose payload does not have its type's size
+    /// ([`FrameType::payload_size_ok`]): a FRAME_SIZE_ERROR.
+    BadControlPayload {
+        /// The frame type.
+        kind: FrameType,
+        /// Payload length.
+        len: u32,
+    },
     /// (Encoding) a message or metadata larger than the configured limit.
     TooLarge {
         /// What was too large: "message" or "metadata".
@@ -54,6 +62,16 @@ pub enum FrameError {
     },
     /// An I/O error.
     Io(io::Error),
+}
+
+impl FrameError {
+    /// The GOAWAY code a receiver reports this error with.
+    pub fn goaway_code(&self) -> GoawayCode {
+        match self {
+            FrameError::BadControlPayload { .. } => GoawayCode::FrameSizeError,
+            _ => GoawayCode::ProtocolError,
+        }
+    }
 }
 
 impl fmt::Display for FrameError {
@@ -75,6 +93,9 @@ impl fmt::Display for FrameError {
                 f,
                 "malformed {kind:?} frame: metadata {metadata_len} bytes, payload {payload_len} bytes"
             ),
+            FrameError::BadControlPayload { kind, len } => {
+                write!(f, "malformed {kind:?} frame: a {len}-byte payload")
+            }
             FrameError::TooLarge { what, len, max } => {
                 write!(f, "{what} of {len} bytes exceeds the limit of {max} bytes")
             }
@@ -216,6 +237,12 @@ impl Decoder for FrameCodec {
                         kind,
                         metadata_len: header.metadata_len,
                         payload_len: header.payload_len,
+                    });
+                }
+                if !kind.payload_size_ok(payload_len) {
+                    return Err(FrameError::BadControlPayload {
+                        kind,
+                        len: header.payload_len,
                     });
                 }
             }

@@ -43,6 +43,12 @@ pub const DEFAULT_MAX_METADATA: usize = 16 * 1024;
 /// The smallest MAX_METADATA_SIZE a side may announce (a status block always
 /// fits); smaller configured or received values are raised to it.
 pub const MIN_MAX_METADATA: usize = 1024;
+
+/// A MAX_METADATA_SIZE as it is used, configured or received: at least
+/// [`MIN_MAX_METADATA`], at most what the u24 length field can describe.
+pub(crate) fn metadata_limit(n: usize) -> usize {
+    n.clamp(MIN_MAX_METADATA, MAX_METADATA_FIELD)
+}
 /// Default initial per-stream receive window (flow control): 1 MiB.
 pub const DEFAULT_STREAM_WINDOW: u32 = 1 << 20;
 /// Default initial connection receive window (flow control): 16 MiB.
@@ -105,7 +111,9 @@ impl FrameType {
     /// (docs/PROTOCOL.md §2): SETTINGS a multiple of 6, CANCEL 0 or 4, PING
     /// and PONG 8, GOAWAY at least 8, WINDOW_UPDATE 4. Stream frames
     /// (HEADERS, DATA, TRAILERS) are bounded by the size limits instead and
-    /// always pass. Any other size is a connection error (FRAME_SIZE_ERROR).
+    /// always pass. The decoder rejects any other size
+    /// ([`FrameError::BadControlPayload`], a connection
+    /// error reported as FRAME_SIZE_ERROR).
     pub fn payload_size_ok(self, len: usize) -> bool {
         match self {
             FrameType::Settings => len % 6 == 0,

@@ -904,9 +904,7 @@ where
                     }
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    return Some(Close::Error(GoawayCode::ProtocolError, e.to_string()));
-                }
+                Err(e) => return Some(Close::Error(e.goaway_code(), e.to_string())),
             }
         }
         if self.codec.is_mid_frame(&self.rbuf) {
@@ -988,12 +986,6 @@ where
             }
             self.got_settings = true;
         }
-        if let Some(k) = kind.filter(|k| !k.payload_size_ok(f.payload.len())) {
-            return Some(Close::Error(
-                GoawayCode::FrameSizeError,
-                format!("malformed {k:?} frame: a {}-byte payload", f.payload.len()),
-            ));
-        }
         match kind {
             Some(FrameType::Headers) => return self.on_headers(f, cx),
             Some(FrameType::Data) => return self.on_data(f),
@@ -1022,10 +1014,10 @@ where
                 return self.on_window_update(f.stream_id(), &f.payload)
             }
             Some(FrameType::Ping) => {
-                // 8 bytes exactly: checked on arrival (payload_size_ok).
-                let mut data = [0u8; 8];
-                data.copy_from_slice(&f.payload);
-                self.wbuf.put(|b| frame::put_ping(b, true, data));
+                // The decoder admits only 8-byte PINGs.
+                if let Ok(data) = <[u8; 8]>::try_from(&f.payload[..]) {
+                    self.wbuf.put(|b| frame::put_ping(b, true, data));
+                }
             }
             Some(FrameType::Pong) => self.ping_sent = None,
             Some(FrameType::Settings) => match Settings::parse(&f.payload) {
@@ -1034,10 +1026,7 @@ where
                         self.peer_max_message = v as usize;
                     }
                     if let Some(v) = s.max_metadata_size {
-                        // The u24 length field cannot describe more; below
-                        // the protocol's floor a status block might not fit.
-                        self.peer_max_metadata =
-                            (v as usize).clamp(frame::MIN_MAX_METADATA, frame::MAX_METADATA_FIELD);
+                        self.peer_max_metadata = frame::metadata_limit(v as usize);
                     }
                     if let Some(v) = s.initial_stream_window {
                         self.peer_stream_window = v.min(frame::MAX_WINDOW as u32);

@@ -175,7 +175,7 @@ impl<L> Server<L> {
     /// Largest request metadata block accepted (default 16 KiB; at least
     /// 1 KiB: smaller values are raised to 1 KiB).
     pub fn max_metadata_size(mut self, n: usize) -> Self {
-        self.config.max_metadata = n.clamp(frame::MIN_MAX_METADATA, frame::MAX_METADATA_FIELD);
+        self.config.max_metadata = frame::metadata_limit(n);
         self
     }
 
