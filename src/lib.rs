@@ -63,7 +63,7 @@ mod wire;
 pub use body::{Body, Payload};
 pub use client::{Channel, Client, Endpoint};
 pub use metadata::MetadataMap;
-pub use request::{Method, Request, Response};
+pub use request::{Method, Protocol, Request, Response};
 pub use server::Server;
 pub use status::{BoxError, Code, Status};
 pub use stream::Streaming;

@@ -82,6 +82,40 @@ impl fmt::Display for Method {
     }
 }
 
+/// The wire protocol a request arrived on, as set by the server that received
+/// it ([`Request::protocol`]); layers use it to label metrics and logs.
+///
+/// Requests built by a client carry [`Protocol::Trpc`] until a transport sends
+/// them; the field has no effect on how a client sends a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// The native trpc protocol (docs/PROTOCOL.md).
+    #[default]
+    Trpc,
+    /// gRPC over HTTP/2.
+    Grpc,
+    /// The HTTP/JSON gateway form (`POST /package.Service/Method`).
+    Http,
+}
+
+impl Protocol {
+    /// The lower-case name used in metric labels and logs: `trpc`, `grpc`, `http`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Trpc => "trpc",
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A call's request: the message plus method, metadata, deadline and extensions.
 ///
 /// ```
@@ -96,8 +130,12 @@ pub struct Request<T> {
     method: Method,
     metadata: MetadataMap,
     deadline: Option<Instant>,
+    /// Set by a server transport that enforces the deadline itself: it learns
+    /// of every later [`Request::set_deadline`].
+    deadline_sink: Option<DeadlineSink>,
     remote_addr: Option<SocketAddr>,
     stream_id: u32,
+    protocol: Protocol,
     extensions: Extensions,
     message: T,
 }
@@ -109,8 +147,10 @@ impl<T> Request<T> {
             method: Method::default(),
             metadata: MetadataMap::new(),
             deadline: None,
+            deadline_sink: None,
             remote_addr: None,
             stream_id: 0,
+            protocol: Protocol::Trpc,
             extensions: Extensions::new(),
             message,
         }
@@ -125,6 +165,16 @@ impl<T> Request<T> {
     /// Sets the stream id.
     pub fn set_stream_id(&mut self, id: u32) {
         self.stream_id = id;
+    }
+
+    /// The protocol the request arrived on (server side).
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Sets the protocol (done by the server that receives the request).
+    pub fn set_protocol(&mut self, protocol: Protocol) {
+        self.protocol = protocol;
     }
 
     /// Sets the method (builder style).
@@ -160,16 +210,44 @@ impl<T> Request<T> {
     }
 
     /// Sets the deadline, keeping the earlier one if a deadline is already set.
+    ///
+    /// On a server whose transport enforces deadlines
+    /// ([`Request::deadline_enforced`]) the transport learns of the new
+    /// deadline at once: a layer that tightens the deadline needs no timer of
+    /// its own.
     pub fn set_deadline(&mut self, deadline: Instant) {
-        self.deadline = Some(match self.deadline {
-            Some(d) => d.min(deadline),
-            None => deadline,
-        });
+        let new = match self.deadline {
+            Some(d) if d <= deadline => return,
+            _ => deadline,
+        };
+        self.deadline = Some(new);
+        if let Some(sink) = &self.deadline_sink {
+            sink.0.tighten(self.stream_id, new);
+        }
     }
 
-    /// Replaces the deadline unconditionally (`None` removes it).
+    /// Replaces the deadline unconditionally (`None` removes it). A transport
+    /// that enforces deadlines ([`Request::deadline_enforced`]) only ever
+    /// tightens the deadline it enforces: a later or removed deadline does not
+    /// extend the call.
     pub fn replace_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
+        if let (Some(sink), Some(d)) = (&self.deadline_sink, deadline) {
+            sink.0.tighten(self.stream_id, d);
+        }
+    }
+
+    /// True when the transport that received this request (a trpc server)
+    /// enforces its deadline: when it passes the transport drops the call and
+    /// answers DEADLINE_EXCEEDED, so layers need not keep a timer of their own.
+    pub fn deadline_enforced(&self) -> bool {
+        self.deadline_sink.is_some()
+    }
+
+    /// Attaches the transport's deadline enforcement (server side).
+    #[allow(dead_code)] // wired into the server engine next
+    pub(crate) fn set_deadline_sink(&mut self, sink: DeadlineSink) {
+        self.deadline_sink = Some(sink);
     }
 
     /// Sets the deadline to now + `timeout`, keeping an earlier existing deadline.
@@ -231,8 +309,10 @@ impl<T> Request<T> {
                 method: self.method,
                 metadata: self.metadata,
                 deadline: self.deadline,
+                deadline_sink: self.deadline_sink,
                 remote_addr: self.remote_addr,
                 stream_id: self.stream_id,
+                protocol: self.protocol,
                 extensions: self.extensions,
             },
             self.message,
@@ -245,8 +325,10 @@ impl<T> Request<T> {
             method: parts.method,
             metadata: parts.metadata,
             deadline: parts.deadline,
+            deadline_sink: parts.deadline_sink,
             remote_addr: parts.remote_addr,
             stream_id: parts.stream_id,
+            protocol: parts.protocol,
             extensions: parts.extensions,
             message,
         }
@@ -261,8 +343,11 @@ impl Request<Body> {
             method: self.method.clone(),
             metadata: self.metadata.clone(),
             deadline: self.deadline,
+            // A copy is not the call the transport tracks.
+            deadline_sink: None,
             remote_addr: self.remote_addr,
             stream_id: self.stream_id,
+            protocol: self.protocol,
             extensions: self.extensions.clone(),
             message: self.message.try_clone()?,
         })
@@ -290,10 +375,13 @@ pub struct RequestParts {
     pub metadata: MetadataMap,
     /// The deadline.
     pub deadline: Option<Instant>,
+    pub(crate) deadline_sink: Option<DeadlineSink>,
     /// The peer address.
     pub remote_addr: Option<SocketAddr>,
     /// The stream id (server side).
     pub stream_id: u32,
+    /// The protocol the request arrived on (server side).
+    pub protocol: Protocol,
     /// Extensions.
     pub extensions: Extensions,
 }
@@ -380,5 +468,21 @@ impl<T: fmt::Debug> fmt::Debug for Response<T> {
             .field("metadata", &self.metadata)
             .field("message", &self.message)
             .finish()
+    }
+}
+
+/// Where a server transport learns that a layer tightened a call's deadline.
+pub(crate) trait DeadlineWatch: Send + Sync + 'static {
+    /// Stream `stream_id` must now end by `deadline` (never later than before).
+    fn tighten(&self, stream_id: u32, deadline: Instant);
+}
+
+/// A shared handle to a transport's [`DeadlineWatch`].
+#[derive(Clone)]
+pub(crate) struct DeadlineSink(pub(crate) std::sync::Arc<dyn DeadlineWatch>);
+
+impl fmt::Debug for DeadlineSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeadlineSink")
     }
 }

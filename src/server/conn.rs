@@ -1,29 +1,25 @@
-//! One server connection: protocol detection, the frame loop, in-flight calls,
-//! timeouts, keepalive and graceful drain.
+//! One trpc server connection: the frame loop, in-flight calls, timeouts,
+//! keepalive and graceful drain.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use super::calls::{CallFuture, CallSet, Signal};
 use super::ServerConfig;
 use crate::body::{Body, Payload};
 use crate::frame::{
-    self, Decoded, Flags, Frame, FrameCodec, FrameHeader, FrameType, GoawayCode, Settings,
-    WriteBuf, MAGIC,
+    self, Decoded, Flags, Frame, FrameCodec, FrameHeader, FrameType, GoawayCode, Settings, WriteBuf,
 };
 use crate::metadata::MetadataMap;
 use crate::request::{Request, Response};
@@ -38,139 +34,14 @@ const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// Stop reading new requests while this much output is waiting for the peer.
 const WRITE_HIGH_WATER: usize = 1 << 20;
 
-/// What the first bytes of a connection say it is.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Detected {
-    Trpc,
-    Http2,
-    Http1,
-    Tls,
-    Unknown,
-}
-
-/// Classifies a connection by its first bytes; `None` until enough arrived.
-pub(crate) fn detect(prefix: &[u8]) -> Option<Detected> {
-    const H2: &[u8] = b"PRI * HTTP/2.0";
-    const METHODS: [&[u8]; 9] = [
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"HEAD ",
-        b"DELETE ",
-        b"OPTIONS ",
-        b"PATCH ",
-        b"CONNECT ",
-        b"TRACE ",
-    ];
-    if prefix.len() < 2 {
-        return None;
-    }
-    if prefix[..2] == MAGIC {
-        return Some(Detected::Trpc);
-    }
-    if prefix[0] == 0x16 && prefix[1] == 0x03 {
-        return Some(Detected::Tls);
-    }
-    let n = prefix.len().min(H2.len());
-    if prefix[..n] == H2[..n] {
-        return if n == H2.len() {
-            Some(Detected::Http2)
-        } else {
-            None
-        };
-    }
-    let mut maybe_http1 = false;
-    for m in METHODS {
-        let n = prefix.len().min(m.len());
-        if prefix[..n] == m[..n] {
-            if n == m.len() {
-                return Some(Detected::Http1);
-            }
-            maybe_http1 = true;
-        }
-    }
-    if maybe_http1 {
-        None
-    } else {
-        Some(Detected::Unknown)
-    }
-}
-
-/// The listen backlog of servers that trpc binds: a burst of connections (a
-/// fleet reconnecting at once) waits in the kernel's queue instead of having
-/// its handshakes dropped and retried a second later (the usual default of
-/// 128 overflows easily).
-const LISTEN_BACKLOG: u32 = 1024;
-
-/// Binds a listening socket for `addr` with [`LISTEN_BACKLOG`].
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    #[cfg(not(windows))]
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
-/// Most refused connections (over the connection limit) being answered at once;
-/// beyond that, connections over the limit are closed without a GOAWAY.
-const MAX_REFUSING: usize = 64;
-/// How long a refused connection may take to receive its GOAWAY and close.
-const REFUSE_LINGER: Duration = Duration::from_secs(1);
-
-/// Answers connections over the server's connection limit with a GOAWAY that
-/// says so (in place of SETTINGS), then closes them.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Refuser {
-    in_flight: Arc<AtomicUsize>,
-}
-
-impl Refuser {
-    /// Refuses `tcp` in a short task of its own, so the accept loop never waits.
-    pub(crate) fn refuse(
-        &self,
-        mut tcp: TcpStream,
-        peer: SocketAddr,
-        limit: usize,
-        tracker: &TaskTracker,
-    ) {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return; // dropping `tcp` closes it
-        }
-        let in_flight = self.in_flight.clone();
-        tracker.spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut out = BytesMut::new();
-            frame::put_goaway(
-                &mut out,
-                0,
-                GoawayCode::EnhanceYourCalm,
-                &format!("connection limit reached: the server serves at most {limit} connections; try again later"),
-            );
-            let _ = tokio::time::timeout(REFUSE_LINGER, async {
-                tcp.write_all(&out).await?;
-                tcp.shutdown().await?;
-                // Read what the client sent (its SETTINGS) until it closes:
-                // closing with unread bytes would reset the connection and
-                // could destroy the GOAWAY before the client reads it.
-                let mut sink = [0u8; 1024];
-                while tcp.read(&mut sink).await? > 0 {}
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            tracing::debug!(%peer, "refused connection closed");
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-}
-
-/// Serves one accepted connection until it closes.
-pub(crate) async fn serve_connection<IO, S>(
-    mut io: IO,
+/// Serves a connection that [`super::accept`] identified as trpc: `rbuf`
+/// holds the bytes read during detection, `started` is when the connection
+/// was accepted (the handshake timeout runs from there).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_trpc<IO, S>(
+    io: IO,
+    rbuf: BytesMut,
+    started: Instant,
     peer: SocketAddr,
     svc: S,
     cfg: Arc<ServerConfig>,
@@ -183,87 +54,6 @@ pub(crate) async fn serve_connection<IO, S>(
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    use tokio::io::AsyncReadExt;
-    // The handshake timeout covers detection and the client's SETTINGS together.
-    let started = Instant::now();
-    // Protocol detection, bounded by the handshake timeout.
-    let mut rbuf = BytesMut::with_capacity(64);
-    let detected = tokio::time::timeout(cfg.handshake_timeout, async {
-        loop {
-            if let Some(d) = detect(&rbuf) {
-                return Ok(d);
-            }
-            match io.read_buf(&mut rbuf).await {
-                Ok(0) => return Err("closed before sending anything".to_string()),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await;
-    let detected = match detected {
-        Ok(Ok(d)) => d,
-        Ok(Err(why)) => {
-            tracing::debug!(%peer, why, "connection closed during detection");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "handshake timeout: no bytes received");
-            return;
-        }
-    };
-    match detected {
-        Detected::Trpc => {}
-        Detected::Http1 => {
-            tracing::warn!(%peer, "HTTP/1 request on the trpc port; answering 400");
-            let _ = io
-                .write_all(
-                    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\
-                      content-length: 46\r\n\r\nthis port speaks the trpc protocol, not HTTP\r\n",
-                )
-                .await;
-            let _ = io.shutdown().await;
-            return;
-        }
-        Detected::Http2 => {
-            tracing::warn!(%peer, "HTTP/2 preface on the trpc port (gRPC is not enabled here); closing");
-            // The HTTP/2 server preface (an empty SETTINGS frame), then
-            // GOAWAY(last stream 0, PROTOCOL_ERROR), so h2 clients report
-            // something sensible. Frame header: u24 length, type, flags, u32 stream.
-            let _ = io
-                .write_all(&[
-                    0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, empty
-                    0, 0, 8, 7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes
-                    0, 0, 0, 0, 0, 0, 0, 1, // last stream 0, PROTOCOL_ERROR
-                ])
-                .await;
-            let _ = io.shutdown().await;
-            return;
-        }
-        Detected::Tls => {
-            tracing::warn!(%peer, "TLS ClientHello on a plaintext trpc port; closing");
-            // A TLS alert record: fatal, protocol_version(70) so TLS clients fail clearly.
-            let _ = io
-                .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70])
-                .await;
-            let _ = io.shutdown().await;
-            return;
-        }
-        Detected::Unknown => {
-            tracing::warn!(%peer, prefix = ?String::from_utf8_lossy(&rbuf[..rbuf.len().min(16)]), "not a trpc client (bad magic); closing");
-            let mut out = BytesMut::new();
-            frame::put_goaway(
-                &mut out,
-                0,
-                GoawayCode::ProtocolError,
-                "bad magic: not a trpc frame",
-            );
-            let _ = io.write_all(&out).await;
-            let _ = io.shutdown().await;
-            return;
-        }
-    }
-
     let mut wbuf = WriteBuf::new();
     wbuf.put(|b| cfg.settings().encode(b));
     let now = Instant::now();
@@ -1647,22 +1437,4 @@ fn write_response(
         Some(&status),
         max_metadata,
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn detects_protocols_from_prefixes() {
-        assert_eq!(detect(b"t"), None);
-        assert_eq!(detect(b"tR\x01"), Some(Detected::Trpc));
-        assert_eq!(detect(b"GE"), None);
-        assert_eq!(detect(b"GET /"), Some(Detected::Http1));
-        assert_eq!(detect(b"PRI * HTTP/2.0\r\n"), Some(Detected::Http2));
-        assert_eq!(detect(b"PRI * HT"), None);
-        assert_eq!(detect(&[0x16, 0x03, 0x01]), Some(Detected::Tls));
-        assert_eq!(detect(b"\xff\xff"), Some(Detected::Unknown));
-        assert_eq!(detect(b"Gx"), Some(Detected::Unknown));
-    }
 }

@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+mod accept;
 mod calls;
 mod conn;
 mod router;
@@ -311,7 +312,7 @@ impl<L> Server<L> {
         let svc = self.layer.layer(svc);
         let guard = ConnCount::new(Arc::new(AtomicUsize::new(0)), self.config.stats.clone());
         let (shutdown, force) = (CancellationToken::new(), CancellationToken::new());
-        conn::serve_connection(io, peer, svc, Arc::new(self.config), shutdown, force, None).await;
+        accept::serve_connection(io, peer, svc, Arc::new(self.config), shutdown, force, None).await;
         drop(guard);
     }
 
@@ -340,7 +341,7 @@ impl<L> Server<L> {
         <L::Service as Service<Request<Body>>>::Future: Send + 'static,
         F: Future<Output = ()>,
     {
-        let listener = conn::bind(addr)?;
+        let listener = accept::bind(addr)?;
         self.serve_with_listener(listener, svc, signal).await
     }
 
@@ -367,7 +368,7 @@ impl<L> Server<L> {
         let shutdown = CancellationToken::new();
         let force = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let refuser = conn::Refuser::default();
+        let refuser = accept::Refuser::default();
         let open = Arc::new(AtomicUsize::new(0));
         let local = listener.local_addr()?;
         tracing::info!(%local, "trpc server listening");
@@ -408,7 +409,7 @@ impl<L> Server<L> {
                 continue;
             }
             tracker.spawn(async move {
-                conn::serve_connection(tcp, peer, svc, cfg, shutdown, force, None).await;
+                accept::serve_connection(tcp, peer, svc, cfg, shutdown, force, None).await;
                 drop(guard);
             });
         }
@@ -458,7 +459,7 @@ async fn serve_tls<S>(
         Ok(Some((io, info))) => {
             let mut ext = http::Extensions::new();
             ext.insert(info);
-            conn::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext)).await;
+            accept::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext)).await;
         }
         Ok(None) => {}
         Err(_) => tracing::warn!(%peer, "TLS handshake timeout"),
