@@ -91,6 +91,36 @@ impl MetadataValue {
     }
 }
 
+/// What [`MetadataMap::insert`] takes: a string literal (checked like
+/// [`MetadataValue::from_static`]) or an already validated [`MetadataValue`].
+/// A `String` is not accepted: validate it with `MetadataValue::try_from`,
+/// or use [`MetadataMap::try_insert`].
+pub trait IntoMetadataValue: sealed::Sealed {
+    /// The validated value.
+    ///
+    /// # Panics
+    /// For a literal that contains control characters.
+    fn into_metadata_value(self) -> MetadataValue;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for &'static str {}
+    impl Sealed for super::MetadataValue {}
+}
+
+impl IntoMetadataValue for &'static str {
+    fn into_metadata_value(self) -> MetadataValue {
+        MetadataValue::from_static(self)
+    }
+}
+
+impl IntoMetadataValue for MetadataValue {
+    fn into_metadata_value(self) -> MetadataValue {
+        self
+    }
+}
+
 impl TryFrom<String> for MetadataValue {
     type Error = InvalidMetadata;
     fn try_from(s: String) -> Result<Self, InvalidMetadata> {
@@ -211,14 +241,25 @@ impl MetadataMap {
 
     /// Sets a text value, replacing every existing value of `key`.
     ///
+    /// The value is typed: a string literal (checked like
+    /// [`MetadataValue::from_static`]) or a [`MetadataValue`] validated once with
+    /// `MetadataValue::try_from(string)?`. Keys and values that come from
+    /// input go through [`MetadataMap::try_insert`] or [`MetadataMap::append`],
+    /// which return an error instead.
+    ///
+    /// ```
+    /// use trpc::metadata::{MetadataMap, MetadataValue};
+    /// let mut md = MetadataMap::new();
+    /// md.insert("x-tenant", "acme");
+    /// let user = String::from("alice");
+    /// md.insert("x-user", MetadataValue::try_from(user).unwrap());
+    /// assert!(md.try_insert("x-bad", "line\nbreak").is_err());
+    /// ```
+    ///
     /// # Panics
-    /// If `key` is not a valid text key or `value` contains control characters; use
-    /// [`MetadataMap::try_insert`] for keys and values that come from input.
-    pub fn insert(&mut self, key: &'static str, value: impl Into<String>) {
-        let value = value.into();
-        if let Err(e) = self.try_insert(key, &value) {
-            panic!("MetadataMap::insert({key:?}): {e}");
-        }
+    /// If `key` (a literal) is not a valid text key.
+    pub fn insert(&mut self, key: &'static str, value: impl IntoMetadataValue) {
+        self.insert_value(key, value.into_metadata_value());
     }
 
     /// Sets a text value, replacing existing values, validating key and value.
@@ -603,7 +644,7 @@ mod tests {
     #[test]
     fn block_round_trips() {
         let mut md = MetadataMap::new();
-        md.insert("a", "x".repeat(300));
+        md.try_insert("a", &"x".repeat(300)).unwrap();
         md.insert_bin("b-bin", vec![0xff, 0, 1]);
         let mut buf = BytesMut::new();
         md.encode(&mut buf);

@@ -422,7 +422,7 @@ mod tests {
     #[test]
     fn oversized_request_metadata_is_refused_locally() {
         let mut md = MetadataMap::new();
-        md.insert("big", "x".repeat(100));
+        md.try_insert("big", &"x".repeat(100)).unwrap();
         let mut wb = WriteBuf::new();
         let err = put_request_headers(
             &mut wb,
@@ -486,7 +486,7 @@ mod tests {
     #[test]
     fn response_metadata_over_peer_limit_becomes_internal() {
         let mut md = MetadataMap::new();
-        md.insert("big", "x".repeat(500));
+        md.try_insert("big", &"x".repeat(500)).unwrap();
         let mut wb = WriteBuf::new();
         put_response_headers(
             &mut wb,

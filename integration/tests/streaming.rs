@@ -78,7 +78,7 @@ fn router(probes: Arc<Probes>) -> Router {
     let range = |req: Request<Num>| async move {
         let count = req.get_ref().n;
         let mut trailers = MetadataMap::new();
-        trailers.insert("x-count", count.to_string());
+        trailers.try_insert("x-count", &count.to_string()).unwrap();
         let items = (0..count)
             .map(|n| Ok(Num { n }))
             .chain(std::iter::once(Err(Status::ok_with_trailers(trailers))));

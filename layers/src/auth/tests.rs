@@ -173,7 +173,8 @@ async fn an_async_closure_validates_and_can_deny_per_method() {
     let call = |method: &'static str, token: &'static str| {
         let mut req = request(method, "");
         req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}"));
+            .try_insert("authorization", &format!("Bearer {token}"))
+            .unwrap();
         req
     };
     let resp = svc
