@@ -49,6 +49,7 @@ pub mod client;
 pub mod codec;
 pub mod frame;
 pub mod metadata;
+mod proto;
 pub mod request;
 pub mod server;
 pub mod stats;
