@@ -89,9 +89,13 @@ async fn the_maximum_connection_age_moves_clients_without_a_failed_call() {
     let mut calls = 0;
     while stats.opened_total() < 3 {
         assert!(calls < 100_000, "no connection was replaced");
-        let reply: EchoMsg = within(SOON, "call", client.unary_message("s.S/Echo", EchoMsg::new("a")))
-            .await
-            .expect("no call fails while connections are replaced");
+        let reply: EchoMsg = within(
+            SOON,
+            "call",
+            client.unary_message("s.S/Echo", EchoMsg::new("a")),
+        )
+        .await
+        .expect("no call fails while connections are replaced");
         assert_eq!(reply.message, "a");
         calls += 1;
         tokio::task::yield_now().await;

@@ -46,7 +46,11 @@ async fn cpu_bound_calls_on_one_connection_run_on_every_worker() {
                 let met = spin_until(Duration::from_secs(20), || {
                     started.load(Ordering::SeqCst) >= 2
                 });
-                Ok::<_, Status>(Response::new(EchoMsg::new(if met { "met" } else { "alone" })))
+                Ok::<_, Status>(Response::new(EchoMsg::new(if met {
+                    "met"
+                } else {
+                    "alone"
+                })))
             }
         }),
     );
@@ -62,9 +66,16 @@ async fn cpu_bound_calls_on_one_connection_run_on_every_worker() {
     });
     let t0 = Instant::now();
     for reply in join_all(calls).await {
-        assert_eq!(reply.unwrap().message, "met", "the two handlers never ran at once");
+        assert_eq!(
+            reply.unwrap().message,
+            "met",
+            "the two handlers never ran at once"
+        );
     }
-    eprintln!("two CPU-bound calls on one connection ran together in {:?}", t0.elapsed());
+    eprintln!(
+        "two CPU-bound calls on one connection ran together in {:?}",
+        t0.elapsed()
+    );
     assert_eq!(ch.connections(), 1);
     srv.shutdown().await;
 }
@@ -97,9 +108,7 @@ async fn a_ping_and_a_call_are_answered_while_a_handler_burns_cpu() {
     let (mut pong, mut echo) = (None, None);
     while pong.is_none() || echo.is_none() {
         match p.next().await {
-            Seen::Frame(f) if f.frame_type() == Some(FrameType::Pong) => {
-                pong = Some(t0.elapsed())
-            }
+            Seen::Frame(f) if f.frame_type() == Some(FrameType::Pong) => pong = Some(t0.elapsed()),
             Seen::Frame(f) if f.frame_type() == Some(FrameType::Headers) => {
                 assert_eq!(f.stream_id(), 3, "the hog answered before it was released");
                 echo = Some(t0.elapsed());

@@ -46,7 +46,9 @@ async fn barrier(p: &mut Peer, tag: u8) -> Vec<trpc::frame::Frame> {
     let mut seen = Vec::new();
     loop {
         match p.next().await {
-            Seen::Frame(f) if f.frame_type() == Some(FrameType::Pong) && f.payload[..] == [tag; 8] => {
+            Seen::Frame(f)
+                if f.frame_type() == Some(FrameType::Pong) && f.payload[..] == [tag; 8] =>
+            {
                 return seen
             }
             Seen::Frame(f) => seen.push(f),
@@ -60,7 +62,14 @@ fn connection_credit(frames: &[trpc::frame::Frame]) -> u64 {
     frames
         .iter()
         .filter(|f| f.frame_type() == Some(FrameType::WindowUpdate) && f.stream_id() == 0)
-        .map(|f| u64::from(u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]])))
+        .map(|f| {
+            u64::from(u32::from_be_bytes([
+                f.payload[0],
+                f.payload[1],
+                f.payload[2],
+                f.payload[3],
+            ]))
+        })
         .sum()
 }
 
@@ -105,7 +114,9 @@ async fn streamed_unary_requests_hold_their_credit_until_they_end() {
     let mut answered = 0;
     while answered < opened.len() {
         match p.next().await {
-            Seen::Frame(f) if f.frame_type() == Some(FrameType::WindowUpdate) && f.stream_id() == 0 => {
+            Seen::Frame(f)
+                if f.frame_type() == Some(FrameType::WindowUpdate) && f.stream_id() == 0 =>
+            {
                 credit += connection_credit(&[f]);
             }
             Seen::Frame(f) if f.frame_type() == Some(FrameType::Headers) => {
@@ -117,7 +128,10 @@ async fn streamed_unary_requests_hold_their_credit_until_they_end() {
         }
     }
     credit += connection_credit(&barrier(&mut p, 99).await);
-    assert!(credit >= 4 * MIB as u64, "only {credit} bytes of credit came back");
+    assert!(
+        credit >= 4 * MIB as u64,
+        "only {credit} bytes of credit came back"
+    );
     by.finish().await;
     h.server.shutdown().await;
 }
@@ -259,7 +273,10 @@ async fn provoked_resets_count_in_the_rapid_reset_defence() {
         panic!("100 provoked resets and no ENHANCE_YOUR_CALM");
     };
     assert_goaway(&g, GoawayCode::EnhanceYourCalm, "cancelled");
-    assert!((19..=21).contains(&answered), "{answered} resets before GOAWAY");
+    assert!(
+        (19..=21).contains(&answered),
+        "{answered} resets before GOAWAY"
+    );
     by.finish().await;
     h.server.shutdown().await;
 }
@@ -269,8 +286,13 @@ async fn stream_ids_with_the_high_bit_set_are_protocol_errors() {
     let (probe, _events) = Probe::new();
     let h = start_default(probe).await;
     let mut p = Peer::handshake(h.addr).await;
-    p.send(&unary_request(0x8000_0001, "echo.Echo/Say", &[], echo_body("x")))
-        .await;
+    p.send(&unary_request(
+        0x8000_0001,
+        "echo.Echo/Say",
+        &[],
+        echo_body("x"),
+    ))
+    .await;
     assert_goaway(
         &p.goaway_then_close().await,
         GoawayCode::ProtocolError,
@@ -286,7 +308,11 @@ async fn an_unknown_frame_type_as_the_first_frame_is_a_protocol_error() {
     let mut p = Peer::connect(h.addr).await;
     p.send(&raw_frame(0x42, 0, 0, &[], b"??")).await;
     let g = p.goaway_then_close().await;
-    assert_goaway(&g, GoawayCode::ProtocolError, "first frame must be SETTINGS");
+    assert_goaway(
+        &g,
+        GoawayCode::ProtocolError,
+        "first frame must be SETTINGS",
+    );
     // After SETTINGS, the same frame is skipped.
     let mut p = Peer::handshake(h.addr).await;
     p.send(&raw_frame(0x42, 0, 0, &[], b"??")).await;
@@ -372,8 +398,13 @@ async fn a_later_settings_frame_keeps_the_values_it_does_not_carry() {
     .encode(&mut b);
     p.send(&b).await;
     // The server still honours the first frame's MAX_MESSAGE_SIZE of 100.
-    p.send(&unary_request(1, "echo.Echo/Say", &[], echo_body(&"y".repeat(200))))
-        .await;
+    p.send(&unary_request(
+        1,
+        "echo.Echo/Say",
+        &[],
+        echo_body(&"y".repeat(200)),
+    ))
+    .await;
     let (id, code, msg, _) = p.response().await;
     assert_eq!((id, code), (1, Code::ResourceExhausted as u32), "{msg}");
     assert!(msg.contains("limit of 100"), "{msg}");

@@ -1,5 +1,6 @@
-//! One multiplexed client connection: the client side of the shared engine
-//! ([`crate::proto`]).
+//! One multiplexed client connection as its callers see it ([`Conn`]): the
+//! client side of the shared engine ([`crate::proto`]); the task that runs
+//! it is in `connect.rs`, its reactions to the server's frames in `role.rs`.
 //!
 //! Callers and the connection task share the connection's state: a caller
 //! encodes its request frame straight into the shared output and parks on
@@ -17,37 +18,23 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use futures_core::Stream as _;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_util::codec::Decoder;
 
-use super::endpoint::ClientConfig;
 use crate::body::{Body, Payload};
-use crate::frame::{
-    self, Decoded, Flags, Frame, FrameCodec, FrameHeader, FrameType, Goaway, GoawayCode, Settings,
-};
 use crate::metadata::MetadataMap;
-use crate::proto::{
-    ConnError, Driver, DriverConfig, Exit, PeerSettings, Role, RoleStream, SendError, Shared,
-    State, Stream, StreamState,
-};
+use crate::proto::{RoleStream, SendError, Shared, State, Stream, StreamState};
 use crate::request::{Request, Response};
 use crate::status::{Code, Status};
-use crate::stream::{CreditSink, InboundShared, Incoming};
-use crate::wire::{self, ResponseHead};
+use crate::wire;
 
 /// Highest stream id a client uses before it must open a new connection.
 const MAX_STREAM_ID: u32 = (1 << 31) - 1;
-
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Trailing metadata of a successful response whose trailers came in a
 /// separate TRAILERS frame, found in the response's extensions.
@@ -56,18 +43,21 @@ pub struct Trailers(pub MetadataMap);
 
 /// Where a call's response is.
 #[derive(Debug)]
-enum Resp {
+pub(crate) enum Resp {
+    /// Not yet arrived (the caller's waker).
     Waiting(Option<Waker>),
+    /// Arrived, not yet taken by the caller.
     Ready(Result<Response<Body>, Status>),
+    /// Taken.
     Taken,
 }
 
 /// What the client keeps about each call.
 #[derive(Debug)]
 pub(crate) struct ClientStream {
-    response: Resp,
+    pub(crate) response: Resp,
     /// The task sending a streaming request.
-    pump: Option<AbortHandle>,
+    pub(crate) pump: Option<AbortHandle>,
 }
 
 /// What the client keeps about the connection.
@@ -75,11 +65,11 @@ pub(crate) struct ClientStream {
 pub(crate) struct ClientConn {
     next_id: u32,
     /// GOAWAY received (or ids exhausted): no new calls.
-    draining: bool,
+    pub(crate) draining: bool,
     /// Every `Channel` handle is gone: close once the last call ends.
-    released: bool,
+    pub(crate) released: bool,
     /// Closed by the client (`Conn::close`).
-    closed_by_client: bool,
+    pub(crate) closed_by_client: bool,
 }
 
 impl Default for ClientConn {
@@ -109,13 +99,13 @@ fn wake_task(task: Option<Waker>) {
 }
 
 /// True while the server may still send on the stream.
-fn open_at_server(s: &Stream<ClientStream>) -> bool {
+pub(crate) fn open_at_server(s: &Stream<ClientStream>) -> bool {
     matches!(s.ext.response, Resp::Waiting(_)) || s.state.can_recv()
 }
 
 /// Fails whatever is still open of call `id` with `status`: the caller
 /// waiting for the response, the response stream's reader, the pump.
-fn fail(s: &mut Stream<ClientStream>, status: Status, woken: &mut Vec<Waker>) {
+pub(crate) fn fail(s: &mut Stream<ClientStream>, status: Status, woken: &mut Vec<Waker>) {
     if let Some(inbound) = s.inbound.take() {
         inbound.finish(Some(status.clone()));
     }
@@ -124,7 +114,7 @@ fn fail(s: &mut Stream<ClientStream>, status: Status, woken: &mut Vec<Waker>) {
     s.state = StreamState::Closed;
 }
 
-fn set_response(
+pub(crate) fn set_response(
     s: &mut Stream<ClientStream>,
     r: Result<Response<Body>, Status>,
     woken: &mut Vec<Waker>,
@@ -138,7 +128,7 @@ fn set_response(
 }
 
 /// Stops sending on the stream (the pump, if any, is aborted).
-fn close_local(s: &mut Stream<ClientStream>) {
+pub(crate) fn close_local(s: &mut Stream<ClientStream>) {
     if let Some(p) = s.ext.pump.take() {
         p.abort();
     }
@@ -149,7 +139,7 @@ fn close_local(s: &mut Stream<ClientStream>) {
 }
 
 /// Removes call `id` once nothing of it is left to deliver or send.
-fn remove_if_finished(st: &mut State<ClientStream>, id: u32) {
+pub(crate) fn remove_if_finished(st: &mut State<ClientStream>, id: u32) {
     let finished = st
         .streams
         .get(&id)
@@ -177,9 +167,9 @@ fn cancel_stream(st: &mut State<ClientStream>, id: u32, status: Status) {
 /// One client connection, shared by the channel's pool, the calls on it and
 /// its task.
 pub(crate) struct Conn {
-    shared: Arc<Shared<ClientStream>>,
+    pub(crate) shared: Arc<Shared<ClientStream>>,
     pub(crate) id: u64,
-    peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
 }
 
 impl std::fmt::Debug for Conn {
@@ -460,579 +450,4 @@ pub(crate) async fn pump(conn: Arc<Conn>, id: u32, mut body: Body) {
             }
         }
     }
-}
-
-/// The client's part of a connection.
-pub(crate) struct ClientRole {
-    shared: Arc<Shared<ClientStream>>,
-    peer: SocketAddr,
-    conn_id: u64,
-    idle_timeout: Option<Duration>,
-    idle_since: Option<Instant>,
-    idle_exit: bool,
-    /// Callers woken by the frames just read.
-    batch: usize,
-}
-
-impl ClientRole {
-    fn payload(h: &FrameHeader, bytes: Bytes) -> Payload {
-        Payload {
-            bytes,
-            compressed: h.flags.contains(Flags::COMPRESSED),
-        }
-    }
-
-    /// Fails call `id` with a stream error and tells the server (CANCEL).
-    fn reset(&mut self, st: &mut State<ClientStream>, id: u32, status: Status, code: Code) {
-        let Some(s) = st.streams.get_mut(&id) else {
-            return;
-        };
-        let open = open_at_server(s);
-        let mut woken = std::mem::take(&mut st.woken);
-        fail(s, status, &mut woken);
-        st.woken = woken;
-        if open {
-            wire::put_cancel(&mut st.wb, id, code);
-        }
-        remove_if_finished(st, id);
-        self.batch += 1;
-    }
-}
-
-/// The outcome of a response that ended in its HEADERS frame.
-fn finish(head: ResponseHead, message: Option<Payload>) -> Result<Response<Body>, Status> {
-    match head.code {
-        Some(Code::Ok) => {
-            let body = message.map_or_else(Body::empty, Body::once);
-            let mut resp = Response::new(body);
-            *resp.metadata_mut() = head.metadata;
-            Ok(resp)
-        }
-        _ => Err(head.into_status()),
-    }
-}
-
-impl Role for ClientRole {
-    type Stream = ClientStream;
-    const PEER: &'static str = "server";
-
-    fn on_headers(
-        &mut self,
-        st: &mut State<ClientStream>,
-        f: Frame,
-        _now: Instant,
-    ) -> Result<(), ConnError> {
-        let id = f.stream_id();
-        let Some(s) = st.streams.get(&id) else {
-            return Ok(()); // a late answer for a cancelled call
-        };
-        if !matches!(s.ext.response, Resp::Waiting(_)) || !s.state.can_recv() {
-            let status = Status::internal("protocol error: a second HEADERS frame on a stream");
-            self.reset(st, id, status, Code::Internal);
-            return Ok(());
-        }
-        let flags = f.header.flags;
-        let head = match wire::decode_response_head(f.metadata) {
-            Ok(_) if !f.payload.is_empty() && !flags.contains(Flags::MESSAGE) => Err(
-                Status::internal("protocol error: a HEADERS payload without the MESSAGE flag"),
-            ),
-            other => other,
-        };
-        let head = match head {
-            Ok(h) => h,
-            Err(e) => {
-                self.reset(st, id, e, Code::Internal);
-                return Ok(());
-            }
-        };
-        let message = flags
-            .contains(Flags::MESSAGE)
-            .then(|| Self::payload(&f.header, f.payload));
-        self.batch += 1;
-        let mut woken = std::mem::take(&mut st.woken);
-        let Some(s) = st.streams.get_mut(&id) else {
-            return Ok(());
-        };
-        if flags.contains(Flags::END_STREAM) {
-            set_response(s, finish(head, message), &mut woken);
-            close_local(s);
-            s.state = StreamState::Closed;
-        } else {
-            // A streaming response: messages follow in DATA frames.
-            let inbound = InboundShared::new(self.shared.stats.clone());
-            if let Some(m) = message {
-                // Not flow controlled: no credit owed.
-                inbound.push_uncredited(m);
-            }
-            let sink: Arc<dyn CreditSink> = self.shared.clone();
-            let body = Body::stream(Incoming::new(
-                inbound.clone(),
-                sink,
-                id,
-                self.shared.recv_stream_window as usize,
-            ));
-            let mut resp = Response::new(body);
-            *resp.metadata_mut() = head.metadata;
-            s.inbound = Some(inbound);
-            set_response(s, Ok(resp), &mut woken);
-        }
-        st.woken = woken;
-        Ok(())
-    }
-
-    fn on_data(
-        &mut self,
-        st: &mut State<ClientStream>,
-        f: Frame,
-        _now: Instant,
-    ) -> Result<(), ConnError> {
-        let id = f.stream_id();
-        let len = f.payload.len();
-        if st.recv_window.receive(len).is_err() {
-            return Err(ConnError::flow_control(
-                "flow control: the server exceeded the connection window",
-            ));
-        }
-        let (inbound, waiting) = match st.streams.get(&id).filter(|s| s.state.can_recv()) {
-            Some(s) => (
-                s.inbound.clone(),
-                matches!(s.ext.response, Resp::Waiting(_)),
-            ),
-            None => {
-                st.credit_conn(len);
-                return Ok(());
-            }
-        };
-        let Some(inbound) = inbound else {
-            st.credit_conn(len);
-            if waiting {
-                let status = Status::internal("protocol error: DATA before HEADERS");
-                self.reset(st, id, status, Code::Internal);
-            }
-            return Ok(());
-        };
-        let window_ok = st
-            .streams
-            .get_mut(&id)
-            .is_some_and(|s| s.recv.receive(len).is_ok());
-        if !window_ok {
-            st.credit_conn(len);
-            return self.reset_stream(
-                st,
-                id,
-                Status::resource_exhausted("flow control: the server exceeded the stream window"),
-            );
-        }
-        let end = f.header.flags.contains(Flags::END_STREAM);
-        if inbound.push(Self::payload(&f.header, f.payload)) {
-            st.recv_held += len;
-        } else {
-            // Nobody reads this stream any more.
-            st.credit_conn(len);
-        }
-        if end {
-            inbound.finish(Some(Status::internal(
-                "protocol error: the server ended the stream without a status",
-            )));
-            if let Some(s) = st.streams.get_mut(&id) {
-                s.inbound = None;
-                close_local(s);
-                s.state = StreamState::Closed;
-            }
-            remove_if_finished(st, id);
-        }
-        Ok(())
-    }
-
-    fn on_trailers(&mut self, st: &mut State<ClientStream>, f: Frame) -> Result<(), ConnError> {
-        let id = f.stream_id();
-        let Some(s) = st.streams.get_mut(&id).filter(|s| s.state.can_recv()) else {
-            return Ok(());
-        };
-        let status = match wire::decode_response_head(f.metadata) {
-            Ok(h) => h.into_status(),
-            Err(e) => e,
-        };
-        let mut woken = std::mem::take(&mut st.woken);
-        if let Some(inbound) = s.inbound.take() {
-            inbound.finish(Some(status));
-        } else if status.code() == Code::Ok {
-            let mut resp = Response::new(Body::empty());
-            resp.extensions_mut()
-                .insert(Trailers(status.metadata().clone()));
-            set_response(s, Ok(resp), &mut woken);
-        } else {
-            set_response(s, Err(status), &mut woken);
-        }
-        st.woken = woken;
-        close_local(s);
-        s.state = StreamState::Closed;
-        remove_if_finished(st, id);
-        self.batch += 1;
-        Ok(())
-    }
-
-    fn on_cancel(
-        &mut self,
-        st: &mut State<ClientStream>,
-        id: u32,
-        code: Code,
-    ) -> Result<(), ConnError> {
-        if let Some(s) = st.streams.get_mut(&id) {
-            let mut woken = std::mem::take(&mut st.woken);
-            fail(
-                s,
-                Status::new(code, "stream reset by the server"),
-                &mut woken,
-            );
-            st.woken = woken;
-            remove_if_finished(st, id);
-            self.batch += 1;
-        }
-        Ok(())
-    }
-
-    fn on_goaway(&mut self, st: &mut State<ClientStream>, g: Goaway) {
-        if g.code == GoawayCode::NoError {
-            tracing::debug!(conn = self.conn_id, peer = %self.peer, last = g.last_stream_id, "server sent GOAWAY: {}", g.message);
-        } else {
-            tracing::warn!(conn = self.conn_id, peer = %self.peer, code = ?g.code, "server sent GOAWAY: {}", g.message);
-        }
-        st.conn.draining = true;
-        self.shared.set_unusable();
-        let refused = Status::unavailable(format!(
-            "server is going away ({}); the call was not processed",
-            g.message
-        ))
-        .with_refused(true);
-        let mut woken = std::mem::take(&mut st.woken);
-        let mut gone = Vec::new();
-        for (&id, s) in st.streams.iter_mut() {
-            if id > g.last_stream_id {
-                fail(s, refused.clone(), &mut woken);
-                gone.push(id);
-            }
-        }
-        st.woken = woken;
-        for id in gone {
-            remove_if_finished(st, id);
-        }
-    }
-
-    fn on_too_large(
-        &mut self,
-        st: &mut State<ClientStream>,
-        h: FrameHeader,
-        why: String,
-    ) -> Result<(), ConnError> {
-        tracing::debug!(
-            conn = self.conn_id,
-            stream = h.stream_id,
-            "response frame over the limit: {why}"
-        );
-        if st.streams.contains_key(&h.stream_id) {
-            let status = Status::resource_exhausted(format!("response {why}"));
-            self.reset(st, h.stream_id, status, Code::ResourceExhausted);
-        }
-        Ok(())
-    }
-
-    fn reset_stream(
-        &mut self,
-        st: &mut State<ClientStream>,
-        id: u32,
-        status: Status,
-    ) -> Result<(), ConnError> {
-        let code = status.code();
-        self.reset(st, id, status, code);
-        Ok(())
-    }
-
-    fn on_deadline(&mut self, st: &mut State<ClientStream>, id: u32) {
-        let waiting = st
-            .streams
-            .get(&id)
-            .is_some_and(|s| matches!(s.ext.response, Resp::Waiting(_)));
-        let status = if waiting {
-            Status::deadline_exceeded("deadline exceeded while waiting for the response")
-        } else {
-            Status::deadline_exceeded("deadline exceeded while receiving the stream")
-        };
-        self.reset(st, id, status, Code::DeadlineExceeded);
-    }
-
-    fn on_eof(&mut self, _st: &mut State<ClientStream>) -> Result<Exit, ConnError> {
-        Err(ConnError::Gone(format!(
-            "connection to {} closed by the server",
-            self.peer
-        )))
-    }
-
-    fn poll_work(
-        &mut self,
-        _cx: &mut Context<'_>,
-        _shared: &Arc<Shared<ClientStream>>,
-    ) -> Result<bool, ConnError> {
-        Ok(false)
-    }
-
-    fn reading(&self) -> bool {
-        true
-    }
-
-    fn exit(&mut self, st: &State<ClientStream>, output_idle: bool) -> Option<Exit> {
-        let c = &st.conn;
-        if c.closed_by_client {
-            return Some(Exit::Graceful("closed by the client"));
-        }
-        let idle = st.streams.is_empty();
-        match (idle, self.idle_since) {
-            (true, None) => self.idle_since = Some(Instant::now()),
-            (false, Some(_)) => self.idle_since = None,
-            _ => {}
-        }
-        if !idle || !output_idle {
-            return None;
-        }
-        if self.idle_exit {
-            Some(Exit::Graceful("idle"))
-        } else if c.draining {
-            Some(Exit::Graceful("drained after GOAWAY"))
-        } else if c.released {
-            Some(Exit::Graceful("no channel uses it any more"))
-        } else {
-            None
-        }
-    }
-
-    fn closing(&self) -> bool {
-        let st = self.shared.lock();
-        st.conn.draining || st.conn.released || self.idle_exit
-    }
-
-    fn next_timer(&self, _st: &State<ClientStream>) -> Option<Instant> {
-        Some(self.idle_since? + self.idle_timeout?)
-    }
-
-    fn on_timer(&mut self, st: &mut State<ClientStream>, now: Instant) -> Result<(), ConnError> {
-        if let (Some(since), Some(t)) = (self.idle_since, self.idle_timeout) {
-            if st.streams.is_empty() && now >= since + t {
-                self.idle_exit = true;
-                self.shared.set_unusable();
-            }
-        }
-        Ok(())
-    }
-
-    fn take_batch(&mut self) -> usize {
-        std::mem::take(&mut self.batch)
-    }
-}
-
-/// Establishes a connection: TCP connect, TLS if configured, SETTINGS
-/// exchange, task spawn.
-pub(crate) async fn connect(
-    addr: SocketAddr,
-    host: &str,
-    config: &ClientConfig,
-) -> Result<Arc<Conn>, Status> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
-        Status::unavailable(format!("connect to {addr} failed: {e}")).with_source(e)
-    })?;
-    if config.tcp_nodelay {
-        let _ = tcp.set_nodelay(true);
-    }
-    #[cfg(feature = "tls")]
-    if let Some(tls) = &config.tls {
-        let io = tls.connect(host, addr, tcp).await?;
-        let (io, settings, rbuf) = handshake(io, config, addr)
-            .await
-            .map_err(|e| crate::tls::ClientTls::explain(addr, e))?;
-        return Ok(spawn(io, addr, settings, rbuf, config));
-    }
-    let _ = host;
-    let (io, settings, rbuf) = handshake(tcp, config, addr).await?;
-    Ok(spawn(io, addr, settings, rbuf, config))
-}
-
-/// Sends our SETTINGS and waits for the server's, which must be the first frame.
-pub(crate) async fn handshake<IO>(
-    mut io: IO,
-    config: &ClientConfig,
-    addr: SocketAddr,
-) -> Result<(IO, Settings, BytesMut), Status>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut out = BytesMut::new();
-    config.settings().encode(&mut out);
-    io.write_all(&out).await.map_err(|e| {
-        Status::unavailable(format!("handshake with {addr} failed: {e}")).with_source(e)
-    })?;
-    let mut rbuf = BytesMut::with_capacity(1024);
-    let mut codec = FrameCodec::new();
-    loop {
-        match codec.decode(&mut rbuf) {
-            Ok(Some(Decoded::Frame(f))) if f.frame_type() == Some(FrameType::Settings) => {
-                let settings = Settings::parse(&f.payload).unwrap_or_default();
-                return Ok((io, settings, rbuf));
-            }
-            Ok(Some(Decoded::Frame(f))) if f.frame_type() == Some(FrameType::Goaway) => {
-                let why = Goaway::parse(&f.payload)
-                    .map(|g| g.message)
-                    .unwrap_or_default();
-                return Err(Status::unavailable(format!(
-                    "{addr} refused the connection: {why}"
-                )));
-            }
-            Ok(Some(other)) => {
-                return Err(Status::unavailable(format!(
-                    "{addr} is not a trpc server: first frame was {other:?}, not SETTINGS"
-                )))
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Err(Status::unavailable(format!(
-                    "{addr} is not a trpc server ({e}); received {:?}",
-                    String::from_utf8_lossy(&rbuf[..rbuf.len().min(32)])
-                )))
-            }
-        }
-        let n = io.read_buf(&mut rbuf).await.map_err(|e| {
-            Status::unavailable(format!("handshake with {addr} failed: {e}")).with_source(e)
-        })?;
-        if n == 0 {
-            return Err(Status::unavailable(format!(
-                "{addr} closed the connection during the handshake \
-                 (is it a trpc server? does it require TLS?)"
-            )));
-        }
-    }
-}
-
-/// Spawns the connection task for an established, handshaken connection.
-pub(crate) fn spawn<IO>(
-    io: IO,
-    peer: SocketAddr,
-    settings: Settings,
-    rbuf: BytesMut,
-    config: &ClientConfig,
-) -> Arc<Conn>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut peer_settings = PeerSettings::default();
-    let settings_error = peer_settings.apply(&settings).err();
-    let shared = Arc::new(Shared::new(
-        config.stream_window,
-        config.connection_window,
-        peer_settings,
-        config.max_send_message,
-        config.stats.clone(),
-    ));
-    let conn = Arc::new(Conn {
-        shared: shared.clone(),
-        id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
-        peer,
-    });
-    let role = ClientRole {
-        shared: shared.clone(),
-        peer,
-        conn_id: conn.id,
-        idle_timeout: config.idle_timeout,
-        idle_since: None,
-        idle_exit: false,
-        batch: 0,
-    };
-    let driver = Driver::new(
-        io,
-        rbuf,
-        shared,
-        role,
-        DriverConfig {
-            max_message: config.max_message,
-            max_metadata: config.max_metadata,
-            keepalive: config.keepalive,
-            frame_timeout: None,
-            write_timeout: None,
-            settings_received: true,
-            stats: config.stats.clone(),
-        },
-    );
-    if let Some(s) = &config.stats {
-        s.on_open();
-    }
-    tracing::debug!(conn = conn.id, %peer, "trpc client connection established");
-    tokio::spawn(run(driver, settings_error));
-    conn
-}
-
-/// Runs a client connection and ends it: every call still open fails with
-/// why the connection ended.
-async fn run<IO>(driver: Driver<IO, ClientRole>, settings_error: Option<ConnError>)
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut driver, result) = match settings_error {
-        // The server's first SETTINGS broke a rule.
-        Some(e) => (driver, Err(e)),
-        None => driver.run().await,
-    };
-    let (conn_id, peer) = (driver.role.conn_id, driver.role.peer);
-    let mut goaway = None;
-    let status = match result {
-        Ok(Exit::Graceful(why)) => {
-            tracing::debug!(conn = conn_id, %peer, why, "trpc client connection closed");
-            Status::unavailable(format!("connection closed ({why})")).with_refused(true)
-        }
-        Ok(Exit::Forced) => Status::unavailable("connection closed").with_refused(true),
-        Err(e) => {
-            if let ConnError::Goaway { code, reason } = &e {
-                tracing::warn!(conn = conn_id, %peer, error = %reason, "protocol error from the server");
-                goaway = Some((*code, reason.clone()));
-            } else {
-                tracing::debug!(conn = conn_id, %peer, error = %e, "trpc client connection failed");
-            }
-            e.into_status(peer)
-        }
-    };
-    let shared = driver.shared().clone();
-    shared.set_unusable();
-    let mut woken = Vec::new();
-    {
-        let mut st = shared.lock();
-        if st.closed.is_none() {
-            st.closed = Some(status);
-        }
-        let why = st
-            .closed
-            .clone()
-            .unwrap_or_else(|| Status::unavailable("connection closed"));
-        st.deadlines.clear();
-        woken.append(&mut st.woken);
-        for s in st.streams.values_mut() {
-            s.deadline = None;
-            fail(s, why.clone(), &mut woken);
-        }
-        // A response that arrived before the end is still the caller's.
-        st.streams
-            .retain(|_, s| matches!(s.ext.response, Resp::Ready(_)));
-        woken.extend(st.take_task());
-        woken.append(&mut st.send_blocked);
-        woken.append(&mut st.room_blocked);
-    }
-    crate::proto::shared::wake_all(&mut woken);
-    if let Some(s) = &shared.stats {
-        s.on_close();
-    }
-    // Frames queued at the end (CANCELs of calls dropped with the channel,
-    // the GOAWAY of a protocol error) still go out.
-    driver
-        .close(Duration::from_millis(100), |wb| {
-            if let Some((code, reason)) = goaway {
-                wb.put(|b| frame::put_goaway(b, 0, code, &reason));
-            }
-        })
-        .await;
 }

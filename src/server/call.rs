@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream as _;
 use pin_project_lite::pin_project;
 
-use super::conn::ServerStream;
+use super::stream::ServerStream;
 use crate::body::{Body, Payload};
 use crate::metadata::MetadataMap;
 use crate::proto::{SendError, Shared, State};
@@ -340,7 +340,7 @@ fn end_stream(
             }
             None => wire::put_trailers(&mut st.wb, id, Some(&status), max_metadata),
         }
-        super::conn::close_stream(&mut st, id, "the call already finished");
+        super::stream::close_stream(&mut st, id, "the call already finished");
         st.take_task()
     };
     if let Some(w) = task {
@@ -373,7 +373,7 @@ fn respond(
         };
         let limits = (max_message(shared, &st), st.peer.max_metadata);
         write_response(&mut st.wb, id, reply, limits);
-        super::conn::close_stream(&mut st, id, "the call already finished");
+        super::stream::close_stream(&mut st, id, "the call already finished");
         st.take_task()
     };
     if let Some(w) = task {

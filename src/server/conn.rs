@@ -15,106 +15,27 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_service::Service;
 
-use super::call::{log_failure, CallTask};
+use super::call::CallTask;
 use super::limits::CancelBudget;
 use super::local::LocalCalls;
+use super::stream::{answer, close_stream, CallRef, ServerStream};
 use super::ServerConfig;
 use crate::body::{Body, Payload};
 use crate::frame::{self, Flags, Frame, FrameHeader, FrameType, Goaway, GoawayCode};
-use crate::metadata::MetadataMap;
 use crate::proto::{
-    ConnError, Driver, DriverConfig, Exit, PeerSettings, Role, RoleStream, Shared, State, Stream,
-    StreamState,
+    ConnError, Driver, DriverConfig, Exit, PeerSettings, Role, Shared, State, Stream, StreamState,
 };
-use crate::request::{DeadlineSink, DeadlineWatch, Request, Response};
+use crate::request::{DeadlineSink, Request, Response};
 use crate::status::{BoxError, Code, Status};
 use crate::stream::{CreditSink, HoldCredit, InboundShared, Incoming};
 use crate::wire;
 
 /// The largest stream id (ids are 31-bit).
 const MAX_STREAM_ID: u32 = (1 << 31) - 1;
-
-/// Who runs a call.
-#[derive(Debug)]
-pub(crate) enum CallRef {
-    /// Not started yet (waiting for the service).
-    Queued,
-    /// Its own task.
-    Task(AbortHandle),
-    /// A slot of the connection's inline executor.
-    Local(usize),
-}
-
-/// What the server keeps about each open stream.
-#[derive(Debug)]
-pub(crate) struct ServerStream {
-    call: CallRef,
-    /// Request bytes (HEADERS metadata and message) the call holds while its
-    /// handler runs; counted in [`State::held_bytes`].
-    pub(crate) held: usize,
-    /// The response HEADERS went out (a later end is a TRAILERS frame).
-    pub(crate) headers_sent: bool,
-    /// When the client last sent something on the stream.
-    last_recv: Instant,
-}
-
-impl RoleStream for ServerStream {
-    type Conn = ();
-
-    fn reader_dropped(_st: &mut State<Self>, _id: u32) {
-        // A handler that stops reading its request stream does not end the
-        // call: later DATA is discarded (and credited at once).
-    }
-}
-
-impl DeadlineWatch for Shared<ServerStream> {
-    fn tighten(&self, stream_id: u32, deadline: Instant) {
-        let task = {
-            let mut st = self.lock();
-            st.tighten_deadline(stream_id, deadline);
-            st.take_task()
-        };
-        if let Some(w) = task {
-            w.wake();
-        }
-    }
-}
-
-/// Removes stream `id` after its end was sent (or it was dropped): gives
-/// back its request bytes and ends its request stream with CANCELLED `why`.
-/// Returns who ran the call, for the caller to stop it.
-pub(crate) fn close_stream(st: &mut State<ServerStream>, id: u32, why: &str) -> Option<CallRef> {
-    let s = st.remove_stream(id)?;
-    st.held_bytes -= s.ext.held;
-    if let Some(inbound) = s.inbound {
-        inbound.finish(Some(Status::cancelled(why.to_string())));
-    }
-    Some(s.ext.call)
-}
-
-/// Answers stream `id` with an error status (in HEADERS or, once they went
-/// out, TRAILERS).
-fn answer(st: &mut State<ServerStream>, id: u32, headers_sent: bool, status: &Status) {
-    log_failure(id, status);
-    let max_metadata = st.peer.max_metadata;
-    if headers_sent {
-        wire::put_trailers(&mut st.wb, id, Some(status), max_metadata);
-    } else {
-        wire::put_response_headers(
-            &mut st.wb,
-            id,
-            &MetadataMap::new(),
-            None,
-            Some(status),
-            max_metadata,
-        );
-    }
-}
 
 type Call<S> = CallTask<<S as Service<Request<Body>>>::Future>;
 

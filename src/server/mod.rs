@@ -28,6 +28,7 @@ mod conn;
 mod limits;
 mod local;
 mod router;
+mod stream;
 
 pub use router::{
     bidi_streaming, client_streaming, server_streaming, unary, BidiStreaming, BoxFuture,
