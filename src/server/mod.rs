@@ -32,7 +32,7 @@ mod stream;
 
 pub use router::{
     bidi_streaming, client_streaming, server_streaming, unary, BidiStreaming, BoxFuture,
-    ClientStreaming, Handler, RouteFuture, Router, ServerStreaming, Unary,
+    ClientStreaming, Handler, HandlerFn, Route, RouteFuture, Router, ServerStreaming, State, Unary,
 };
 
 use std::future::{pending, Future};
