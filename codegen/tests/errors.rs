@@ -139,7 +139,10 @@ fn a_broken_proto_fails_cargo_build_with_file_and_line() {
     );
     // The workspace's lock file: the same dependency versions, no network.
     fs::copy(manifest.join("../Cargo.lock"), krate.0.join("Cargo.lock")).expect("copy lock");
-    write(&krate.0.join("src/lib.rs"), "//! Never built: the build script fails.\n");
+    write(
+        &krate.0.join("src/lib.rs"),
+        "//! Never built: the build script fails.\n",
+    );
     write(
         &krate.0.join("build.rs"),
         "fn main() -> Result<(), trpc_build::Error> {\n    trpc_build::compile_protos(&[\"proto/shop.proto\"], &[\"proto\"])\n}\n",
@@ -154,7 +157,10 @@ fn a_broken_proto_fails_cargo_build_with_file_and_line() {
         .current_dir(&krate.0)
         // Its own target dir (the outer build holds the lock of ours), kept
         // between runs so only the first one compiles the build dependencies.
-        .env("CARGO_TARGET_DIR", target_dir().join("trpc-build-broken-proto"))
+        .env(
+            "CARGO_TARGET_DIR",
+            target_dir().join("trpc-build-broken-proto"),
+        )
         .env("PROTOC", "/bin/false")
         .output()
         .expect("run cargo");
