@@ -7,7 +7,7 @@
 //! [`Builder::serde`], serde impls by [pbjson-build](https://docs.rs/pbjson-build)),
 //! and for every service:
 //!
-//! * `xxx_methods`: a [`trpc::MethodDescriptor`] constant per method (full
+//! * `xxx_methods`: a `trpc::MethodDescriptor` constant per method (full
 //!   name, shape, idempotency from `idempotency_level`) and `ALL`;
 //! * a trait `Xxx` with one method per RPC, written as `async fn` by
 //!   implementors, and `XxxServer`, which turns an implementation into the

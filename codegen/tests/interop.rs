@@ -241,7 +241,7 @@ fn full_order(id: &str) -> Order {
         r#type: "breakfast".into(),
         r#ref: Color::Green as i32,
         sequence: u64::MAX,
-        token: vec![0, 1, 2, 255].into(),
+        token: vec![0, 1, 2, 255],
     }
 }
 

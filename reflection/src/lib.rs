@@ -36,14 +36,12 @@ pub use client::ReflectionClient;
 pub use index::{DescriptorError, Index};
 
 /// `grpc.reflection.v1`: messages, server trait and client (generated).
-#[allow(missing_docs)]
 pub mod v1 {
     trpc::include_proto!("grpc.reflection.v1");
 }
 
 /// `grpc.reflection.v1alpha`: the same protocol under its older name
 /// (generated; the server answers it with the `v1` implementation).
-#[allow(missing_docs)]
 pub mod v1alpha {
     trpc::include_proto!("grpc.reflection.v1alpha");
 }

@@ -118,12 +118,15 @@ pub fn features() -> Vec<Feature> {
         .collect()
 }
 
+/// Route notes by (latitude, longitude).
+type NotesByPoint = HashMap<(i32, i32), Vec<RouteNote>>;
+
 /// The route guide service over a feature database.
 #[derive(Debug)]
 pub struct RouteGuideService {
     features: Arc<Vec<Feature>>,
     /// Notes by point; locked briefly, never across an await.
-    notes: Arc<Mutex<HashMap<(i32, i32), Vec<RouteNote>>>>,
+    notes: Arc<Mutex<NotesByPoint>>,
 }
 
 impl RouteGuideService {
