@@ -77,7 +77,7 @@ enum Command {
         /// A service whose methods to list.
         service: Option<String>,
         #[command(flatten)]
-        conn: ConnArgs,
+        conn: reflect::ConnArgs,
     },
     /// Describe a service, method, message or enum as .proto text, by reflection.
     Describe {
@@ -87,37 +87,10 @@ enum Command {
         /// pkg.Service.Method), pkg.Message, pkg.Enum.
         symbol: String,
         #[command(flatten)]
-        conn: ConnArgs,
+        conn: reflect::ConnArgs,
     },
     /// Generate Rust code from .proto files (what trpc-build does in build.rs).
     Gen(GenArgs),
-}
-
-/// How `list` and `describe` reach the server.
-#[derive(clap::Args, Debug)]
-struct ConnArgs {
-    /// Deadline for each reflection query (default 10s).
-    #[arg(long, value_parser = trpc::util::parse_duration)]
-    timeout: Option<Duration>,
-    /// Connect timeout.
-    #[arg(long, value_parser = trpc::util::parse_duration, default_value = "5s")]
-    connect_timeout: Duration,
-    /// Request metadata, repeatable: -H key=value.
-    #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
-    headers: Vec<String>,
-    #[command(flatten)]
-    tls: TlsArgs,
-}
-
-impl ConnArgs {
-    async fn reflection(
-        &self,
-        addr: &str,
-    ) -> Result<trpc_reflection::ReflectionClient<reflect::Stack>, Status> {
-        let endpoint = trpc::Endpoint::new(addr)?.connect_timeout(self.connect_timeout);
-        let channel = self.tls.apply(endpoint)?.connect().await?;
-        reflect::client(channel, &self.headers, self.timeout)
-    }
 }
 
 fn fail(status: &Status) -> ExitCode {

@@ -17,6 +17,30 @@ use trpc_reflection::ReflectionClient;
 pub(crate) type Stack =
     tower::util::MapRequest<Channel, Box<dyn Fn(Request<Body>) -> Request<Body> + Send>>;
 
+/// How `list` and `describe` reach the server.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ConnArgs {
+    /// Deadline for each reflection query (default 10s).
+    #[arg(long, value_parser = trpc::util::parse_duration)]
+    timeout: Option<Duration>,
+    /// Connect timeout.
+    #[arg(long, value_parser = trpc::util::parse_duration, default_value = "5s")]
+    connect_timeout: Duration,
+    /// Request metadata, repeatable: -H key=value.
+    #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
+    headers: Vec<String>,
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
+}
+
+impl ConnArgs {
+    pub(crate) async fn reflection(&self, addr: &str) -> Result<ReflectionClient<Stack>, Status> {
+        let endpoint = trpc::Endpoint::new(addr)?.connect_timeout(self.connect_timeout);
+        let channel = self.tls.apply(endpoint)?.connect().await?;
+        client(channel, &self.headers, self.timeout)
+    }
+}
+
 /// A reflection client over `channel` whose queries carry `headers` and time
 /// out after `timeout` (10 s when not given).
 pub(crate) fn client(

@@ -28,7 +28,9 @@ fn kitchen_set() -> Vec<u8> {
 
 /// A proto declaring an extension, to test the extension queries.
 fn extension_set() -> Vec<u8> {
-    let dir = std::env::temp_dir().join(format!("trpc-reflection-ext-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("trpc-reflection-ext-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("ext.proto"),
