@@ -50,6 +50,7 @@ pub mod codec;
 pub mod codegen;
 pub mod frame;
 pub mod metadata;
+mod proto;
 pub mod request;
 pub mod server;
 pub mod stats;
