@@ -59,6 +59,15 @@ pub(crate) fn ident(name: &str) -> String {
     }
 }
 
+/// The client method for RPC `name` (snake case): a name that the client's
+/// own methods use gets a `_` suffix (`rpc New` → `new_`).
+pub(crate) fn client_method(name: &str) -> String {
+    match name {
+        "new" | "with_codec" | "get_ref" | "get_mut" | "into_inner" => format!("{name}_"),
+        _ => ident(name),
+    }
+}
+
 /// Rustdoc lines from proto comments, or `fallback` when there are none.
 fn docs(comments: &Comments, fallback: &str, buf: &mut String) {
     if comments.leading.is_empty() && comments.trailing.is_empty() {
@@ -325,7 +334,7 @@ impl Gen<'_> {
         );
         let bounds = format!("S: {t}::codegen::Service<{t}::Request<{t}::Body>, Response = {t}::Response<{t}::Body>>, S::Error: ::core::convert::Into<{t}::BoxError>,");
         for m in &self.s.methods {
-            let method = ident(&m.name);
+            let method = client_method(&m.name);
             let konst = format!("{methods_mod}::{}", Self::const_name(m));
             let (inp, out) = (&m.input_type, &m.output_type);
             docs(
@@ -357,5 +366,26 @@ impl Gen<'_> {
         let _ = writeln!(buf, "impl<S: ::core::fmt::Debug, C: ::core::fmt::Debug> ::core::fmt::Debug for {client}<S, C> {{");
         let _ = writeln!(buf, "fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {{ f.debug_tuple(\"{client}\").field(&self.inner).finish() }}");
         let _ = writeln!(buf, "}}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_become_raw_or_suffixed_identifiers() {
+        assert_eq!(ident("type"), "r#type");
+        assert_eq!(ident("self"), "self_");
+        assert_eq!(ident("Self"), "Self_");
+        assert_eq!(ident("get_feature"), "get_feature");
+    }
+
+    #[test]
+    fn client_methods_do_not_collide_with_the_clients_own() {
+        assert_eq!(client_method("new"), "new_");
+        assert_eq!(client_method("into_inner"), "into_inner_");
+        assert_eq!(client_method("type"), "r#type");
+        assert_eq!(client_method("say_hello"), "say_hello");
     }
 }

@@ -148,6 +148,12 @@ impl Kitchen for TestKitchen {
         }))))
     }
 
+    async fn new(&self, request: Request<OrderRef>) -> Result<Response<OrderRef>, Status> {
+        Ok(Response::new(OrderRef {
+            id: format!("new {}", request.into_inner().id),
+        }))
+    }
+
     async fn r#type(&self, request: Request<Self_>) -> Result<Response<Self_>, Status> {
         Ok(Response::new(Self_ {
             self_: format!("{}!", request.into_inner().self_),
@@ -285,6 +291,12 @@ where
         .expect("type")
         .into_inner();
     assert_eq!(me.self_, "me!");
+    let made = client
+        .new_(OrderRef { id: "n".into() })
+        .await
+        .expect("new")
+        .into_inner();
+    assert_eq!(made.id, "new n");
 
     // Server streaming.
     let stream = client
@@ -507,7 +519,7 @@ async fn the_retry_layer_retries_methods_the_proto_marks_idempotent() {
 #[test]
 fn descriptors_and_the_descriptor_set_describe_the_service() {
     assert_eq!(kitchen_methods::SERVICE, "kitchen.v1.Kitchen");
-    assert_eq!(kitchen_methods::ALL.len(), 7);
+    assert_eq!(kitchen_methods::ALL.len(), 8);
     let chat = kitchen_methods::CHAT;
     assert_eq!(
         (chat.service(), chat.method_name()),

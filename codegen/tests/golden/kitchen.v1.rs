@@ -173,6 +173,12 @@ pub mod kitchen_methods {
         ::trpc::MethodKind::Unary,
         ::trpc::Idempotency::Unknown,
     );
+    /// `kitchen.v1.Kitchen/New`.
+    pub const NEW: ::trpc::MethodDescriptor = ::trpc::MethodDescriptor::new(
+        "kitchen.v1.Kitchen/New",
+        ::trpc::MethodKind::Unary,
+        ::trpc::Idempotency::Unknown,
+    );
     /// Every method, in `.proto` order.
     pub const ALL: &[::trpc::MethodDescriptor] = &[
         PLACE_ORDER,
@@ -182,6 +188,7 @@ pub mod kitchen_methods {
         UPLOAD_ITEMS,
         CHAT,
         TYPE,
+        NEW,
     ];
 }
 /// Takes and serves orders.
@@ -256,6 +263,13 @@ pub trait Kitchen: ::core::marker::Send + ::core::marker::Sync + 'static {
         request: ::trpc::Request<Self_>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<::trpc::Response<Self_>, ::trpc::Status>,
+    > + ::core::marker::Send;
+    /// A method named like the client's constructor (the client calls it `new_`).
+    fn new(
+        &self,
+        request: ::trpc::Request<OrderRef>,
+    ) -> impl ::core::future::Future<
+        Output = ::core::result::Result<::trpc::Response<OrderRef>, ::trpc::Status>,
     > + ::core::marker::Send;
 }
 /// Serves a [`Kitchen`] implementation: [`into_router`](Self::into_router) gives the
@@ -350,6 +364,17 @@ impl<T: Kitchen> KitchenServer<T> {
                         move |request: ::trpc::Request<Self_>| {
                             let svc = svc.clone();
                             async move { svc.r#type(request).await }
+                        }
+                    })
+                    .codec((::trpc::codec::Proto, ::trpc::codec::Json)),
+            )
+            .route(
+                kitchen_methods::NEW.name(),
+                ::trpc::server::unary({
+                        let svc = svc.clone();
+                        move |request: ::trpc::Request<OrderRef>| {
+                            let svc = svc.clone();
+                            async move { svc.new(request).await }
                         }
                     })
                     .codec((::trpc::codec::Proto, ::trpc::codec::Json)),
@@ -556,6 +581,26 @@ impl<S, C> KitchenClient<S, C> {
             .unary(
                 kitchen_methods::TYPE.method(),
                 ::trpc::codegen::request(request, &kitchen_methods::TYPE),
+            )
+            .await
+    }
+    /// A method named like the client's constructor (the client calls it `new_`).
+    pub async fn new_(
+        &mut self,
+        request: impl ::trpc::IntoRequest<OrderRef>,
+    ) -> ::core::result::Result<::trpc::Response<OrderRef>, ::trpc::Status>
+    where
+        S: ::trpc::codegen::Service<
+            ::trpc::Request<::trpc::Body>,
+            Response = ::trpc::Response<::trpc::Body>,
+        >,
+        S::Error: ::core::convert::Into<::trpc::BoxError>,
+        C: ::trpc::codec::Codec<OrderRef> + ::trpc::codec::Codec<OrderRef>,
+    {
+        self.inner
+            .unary(
+                kitchen_methods::NEW.method(),
+                ::trpc::codegen::request(request, &kitchen_methods::NEW),
             )
             .await
     }
