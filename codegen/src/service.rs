@@ -171,6 +171,8 @@ impl Gen<'_> {
             buf,
             "///\n/// Implement the methods as `async fn`s; see [`{server}`] to serve it."
         );
+        // RPC names are the .proto's: `IntoX` or `New` taking `&self` are fine here.
+        let _ = writeln!(buf, "#[allow(clippy::wrong_self_convention)]");
         let _ = writeln!(
             buf,
             "pub trait {name}: ::core::marker::Send + ::core::marker::Sync + 'static {{"
@@ -314,6 +316,7 @@ impl Gen<'_> {
         let _ = writeln!(buf, "/// A protobuf client over `service`.");
         let _ = writeln!(buf, "pub fn new(service: S) -> Self {{ Self {{ inner: {t}::Client::with_codec(service, {t}::codec::Proto) }} }}");
         let _ = writeln!(buf, "}}");
+        let _ = writeln!(buf, "#[allow(clippy::wrong_self_convention)]");
         let _ = writeln!(buf, "impl<S, C> {client}<S, C> {{");
         let _ = writeln!(buf, "/// A client sending messages with `codec` (e.g. [`{t}::codec::Json`] when the messages implement serde).");
         let _ = writeln!(buf, "pub fn with_codec(service: S, codec: C) -> Self {{ Self {{ inner: {t}::Client::with_codec(service, codec) }} }}");

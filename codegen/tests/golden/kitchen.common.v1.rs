@@ -55,6 +55,7 @@ pub mod clock_methods {
 /// Tells the time; a service in the imported package.
 ///
 /// Implement the methods as `async fn`s; see [`ClockServer`] to serve it.
+#[allow(clippy::wrong_self_convention)]
 pub trait Clock: ::core::marker::Send + ::core::marker::Sync + 'static {
     /// The current time in units since the epoch, in a Money for want of a better type.
     fn now(
@@ -129,6 +130,7 @@ impl<S> ClockClient<S> {
         }
     }
 }
+#[allow(clippy::wrong_self_convention)]
 impl<S, C> ClockClient<S, C> {
     /// A client sending messages with `codec` (e.g. [`::trpc::codec::Json`] when the messages implement serde).
     pub fn with_codec(service: S, codec: C) -> Self {

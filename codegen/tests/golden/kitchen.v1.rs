@@ -196,6 +196,7 @@ pub mod kitchen_methods {
 /// Every streaming shape is here.
 ///
 /// Implement the methods as `async fn`s; see [`KitchenServer`] to serve it.
+#[allow(clippy::wrong_self_convention)]
 pub trait Kitchen: ::core::marker::Send + ::core::marker::Sync + 'static {
     /// Places an order (unary, not idempotent).
     fn place_order(
@@ -414,6 +415,7 @@ impl<S> KitchenClient<S> {
         }
     }
 }
+#[allow(clippy::wrong_self_convention)]
 impl<S, C> KitchenClient<S, C> {
     /// A client sending messages with `codec` (e.g. [`::trpc::codec::Json`] when the messages implement serde).
     pub fn with_codec(service: S, codec: C) -> Self {
