@@ -208,11 +208,10 @@ where
         // A response that arrived before the end is still the caller's.
         st.streams
             .retain(|_, s| matches!(s.ext.response, Resp::Ready(_)));
-        woken.extend(st.take_task());
         woken.append(&mut st.send_blocked);
-        woken.append(&mut st.room_blocked);
     }
     crate::proto::shared::wake_all(&mut woken);
+    shared.wake_task();
     if let Some(s) = &shared.stats {
         s.on_close();
     }

@@ -85,16 +85,11 @@ impl Default for ClientConn {
 
 impl RoleStream for ClientStream {
     type Conn = ClientConn;
+    type Side = ();
 
     fn reader_dropped(st: &mut State<Self>, id: u32) {
         // Nobody reads the response any more: the call is abandoned.
         cancel_stream(st, id, Status::cancelled("call cancelled by the client"));
-    }
-}
-
-fn wake_task(task: Option<Waker>) {
-    if let Some(w) = task {
-        w.wake();
     }
 }
 
@@ -206,7 +201,7 @@ impl Conn {
         let body = req.get_ref();
         let streaming = body.is_stream();
         let payload = body.as_once();
-        let (id, task) = {
+        let id = {
             let mut st = self.shared.lock();
             if let Some(e) = &st.closed {
                 return Err(Status::unavailable(e.message().to_string()).with_refused(true));
@@ -265,9 +260,9 @@ impl Conn {
             if let Some(d) = deadline {
                 st.tighten_deadline(id, d);
             }
-            (id, st.take_task())
+            id
         };
-        wake_task(task);
+        self.shared.wake_task();
         Ok(id)
     }
 
@@ -314,44 +309,42 @@ impl Conn {
     /// Abandons call `id`: forgets it and tells the server (CANCEL) if the
     /// call is still running there.
     pub(crate) fn cancel(&self, id: u32) {
-        let (task, mut woken) = {
+        let mut woken = {
             let mut st = self.shared.lock();
             cancel_stream(
                 &mut st,
                 id,
                 Status::cancelled("call cancelled by the client"),
             );
-            (st.take_task(), std::mem::take(&mut st.woken))
+            std::mem::take(&mut st.woken)
         };
         crate::proto::shared::wake_all(&mut woken);
-        wake_task(task);
+        self.shared.wake_task();
     }
 
     /// No channel uses this connection any more: it closes once its last
     /// call (a response stream included) ends.
     pub(crate) fn release(&self) {
         self.shared.set_unusable();
-        let task = {
+        {
             let mut st = self.shared.lock();
             st.conn.released = true;
-            st.take_task()
-        };
-        wake_task(task);
+        }
+        self.shared.wake_task();
     }
 
     /// Closes the connection now: every call still open fails with `status`.
     #[allow(dead_code)] // kept for channels that close a connection on purpose
     pub(crate) fn close(&self, status: Status) {
         self.shared.set_unusable();
-        let task = {
+        {
             let mut st = self.shared.lock();
             st.conn.closed_by_client = true;
             if st.closed.is_none() {
                 st.closed = Some(status);
             }
-            st.take_task()
-        };
-        wake_task(task);
+        }
+        self.shared.wake_task();
     }
 
     /// Sends one request message of call `id`, waiting for flow-control
@@ -367,7 +360,7 @@ impl Conn {
 
     /// Half-closes call `id`: its request stream is complete.
     fn finish_send(&self, id: u32) {
-        let task = {
+        {
             let mut st = self.shared.lock();
             if st.closed.is_some() {
                 return;
@@ -381,23 +374,22 @@ impl Conn {
             s.state = s.state.close_local();
             wire::put_trailers(wb, id, None, max_metadata);
             remove_if_finished(&mut st, id);
-            st.take_task()
-        };
-        wake_task(task);
+        }
+        self.shared.wake_task();
     }
 
     /// The request stream of call `id` failed: cancel the call with `status`.
     fn abort_send(&self, id: u32, status: Status) {
-        let (task, mut woken) = {
+        let mut woken = {
             let mut st = self.shared.lock();
             if let Some(s) = st.streams.get_mut(&id) {
                 s.ext.pump = None; // this task is the pump: it ends by itself
             }
             cancel_stream(&mut st, id, status);
-            (st.take_task(), std::mem::take(&mut st.woken))
+            std::mem::take(&mut st.woken)
         };
         crate::proto::shared::wake_all(&mut woken);
-        wake_task(task);
+        self.shared.wake_task();
     }
 }
 

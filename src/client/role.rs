@@ -364,6 +364,10 @@ impl Role for ClientRole {
         }
     }
 
+    fn on_turn(&mut self, _st: &mut State<ClientStream>) -> bool {
+        false
+    }
+
     fn closing(&self) -> bool {
         let st = self.shared.lock();
         st.conn.draining || st.conn.released || self.idle_exit

@@ -110,6 +110,11 @@ pub(crate) trait Role: Send + Sized + 'static {
     /// True while more frames may be read (false: the role is backed up).
     fn reading(&self) -> bool;
 
+    /// Called each turn with the state locked, before the output is taken:
+    /// work the streams' owners handed over (a server's replies); true when
+    /// something was done.
+    fn on_turn(&mut self, st: &mut State<Self::Stream>) -> bool;
+
     /// Checked each turn with the state locked: `Some` to end the
     /// connection (`output_idle`: nothing is left to write).
     fn exit(&mut self, st: &State<Self::Stream>, output_idle: bool) -> Option<Exit>;
@@ -283,16 +288,15 @@ where
                         }
                     }
                 }
+                self.shared.register_task(cx.waker());
+                st.out_pending = self.wbuf.len();
+                if self.role.on_turn(&mut st) {
+                    progress = true;
+                }
                 self.wbuf.append(&mut st.wb);
                 st.out_pending = self.wbuf.len();
-                if !st.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    st.task = Some(cx.waker().clone());
-                }
-                if st.has_write_room() {
-                    self.wakers.append(&mut st.room_blocked);
-                    if st.send_window.is_open() {
-                        self.wakers.append(&mut st.send_blocked);
-                    }
+                if st.has_write_room() && st.send_window.is_open() {
+                    self.wakers.append(&mut st.send_blocked);
                 }
                 if let Some(exit) = self.role.exit(&st, self.wbuf.is_empty()) {
                     return Poll::Ready(Ok(exit));

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 use tokio_util::time::DelayQueue;
 
@@ -33,6 +34,8 @@ pub(crate) const WRITE_HIGH_WATER: usize = 1 << 20;
 pub(crate) trait RoleStream: Send + Sized + 'static {
     /// What the role keeps about the connection, next to its streams.
     type Conn: Default + Send + std::fmt::Debug;
+    /// What the role shares with its streams' owners outside the lock.
+    type Side: Default + Send + Sync + std::fmt::Debug;
 
     /// The reader of stream `id`'s messages was dropped before the end of
     /// the stream (a client cancels the call; a server lets the handler go on).
@@ -51,9 +54,6 @@ pub(crate) struct State<X: RoleStream> {
     pub(crate) send_window: SendWindow,
     /// Senders waiting for the connection window or for room in the output.
     pub(crate) send_blocked: Vec<Waker>,
-    /// Writers of frames that are not flow controlled (a server's unary
-    /// replies) waiting for room in the output.
-    pub(crate) room_blocked: Vec<Waker>,
     /// The connection's receive window.
     pub(crate) recv_window: RecvWindow,
     /// DATA bytes received and not yet given back as credit: queued for a
@@ -65,8 +65,6 @@ pub(crate) struct State<X: RoleStream> {
     pub(crate) deadlines: DelayQueue<u32>,
     /// Set once the connection is closed: why.
     pub(crate) closed: Option<Status>,
-    /// The connection task, to wake when output is queued.
-    pub(crate) task: Option<Waker>,
     /// Tasks to wake once the lock is released (filled under the lock).
     pub(crate) woken: Vec<Waker>,
     /// Request bytes (HEADERS metadata and message) held by a server's
@@ -82,21 +80,6 @@ impl<X: RoleStream> State<X> {
     /// True while stream owners may queue more output.
     pub(crate) fn has_write_room(&self) -> bool {
         self.wb.len() + self.out_pending < WRITE_HIGH_WATER
-    }
-
-    /// Ready when there is room in the output; registers for it otherwise.
-    pub(crate) fn poll_write_room(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.has_write_room() {
-            Poll::Ready(())
-        } else {
-            self.room_blocked.push(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-
-    /// Takes the connection task's waker, to wake it once the lock is released.
-    pub(crate) fn take_task(&mut self) -> Option<Waker> {
-        self.task.take()
     }
 
     /// Gives back connection-level credit for `n` received bytes (batched).
@@ -170,6 +153,10 @@ pub(crate) struct Shared<X: RoleStream> {
     pub(crate) stats: Option<Arc<TransportStats>>,
     /// Cleared when no new stream may be started (closed, draining).
     usable: AtomicBool,
+    /// The connection task, woken when output is queued (without the lock).
+    task: AtomicWaker,
+    /// The role's part that lives outside the lock.
+    pub(crate) side: X::Side,
 }
 
 /// Wakes every waker in `wakers`.
@@ -195,13 +182,11 @@ impl<X: RoleStream> Shared<X> {
                 streams: IdMap::default(),
                 send_window: SendWindow::new(peer.connection_window),
                 send_blocked: Vec::new(),
-                room_blocked: Vec::new(),
                 recv_window: RecvWindow::new(recv_conn),
                 recv_held: 0,
                 peer,
                 deadlines: DelayQueue::new(),
                 closed: None,
-                task: None,
                 woken: Vec::new(),
                 held_bytes: 0,
                 out_pending: 0,
@@ -211,6 +196,8 @@ impl<X: RoleStream> Shared<X> {
             max_send_message,
             stats,
             usable: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+            side: X::Side::default(),
         }
     }
 
@@ -218,6 +205,16 @@ impl<X: RoleStream> Shared<X> {
     /// connection unusable: the state is consistent between operations.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State<X>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the connection task (call it after releasing the lock).
+    pub(crate) fn wake_task(&self) {
+        self.task.wake();
+    }
+
+    /// The connection task registers for [`Shared::wake_task`].
+    pub(crate) fn register_task(&self, waker: &Waker) {
+        self.task.register(waker);
     }
 
     /// True while new streams may be started.
@@ -278,7 +275,7 @@ impl<X: RoleStream> Shared<X> {
         let Some(len) = item.as_ref().map(Payload::len) else {
             return Poll::Ready(Ok(()));
         };
-        let task = {
+        {
             let mut st = self.lock();
             let max = st.peer.max_message.min(self.max_send_message);
             if len > max {
@@ -296,18 +293,15 @@ impl<X: RoleStream> Shared<X> {
                 s.send.consume(len);
             }
             wire::put_data(&mut st.wb, id, &p, false);
-            st.take_task()
-        };
-        if let Some(w) = task {
-            w.wake();
         }
+        self.wake_task();
         Poll::Ready(Ok(()))
     }
 }
 
 impl<X: RoleStream> CreditSink for Shared<X> {
     fn consumed(&self, id: u32, n: usize) {
-        let task = {
+        {
             let mut st = self.lock();
             if st.closed.is_some() {
                 return;
@@ -321,15 +315,12 @@ impl<X: RoleStream> CreditSink for Shared<X> {
                 }
             }
             st.credit_conn(n);
-            st.take_task()
-        };
-        if let Some(w) = task {
-            w.wake();
         }
+        self.wake_task();
     }
 
     fn dropped(&self, id: u32, ended: bool, unconsumed: usize) {
-        let task = {
+        {
             let mut st = self.lock();
             if st.closed.is_some() {
                 return;
@@ -348,10 +339,7 @@ impl<X: RoleStream> CreditSink for Shared<X> {
             if !ended {
                 X::reader_dropped(&mut st, id);
             }
-            st.take_task()
-        };
-        if let Some(w) = task {
-            w.wake();
         }
+        self.wake_task();
     }
 }

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream as _;
 use pin_project_lite::pin_project;
 
-use super::stream::ServerStream;
+use super::stream::{Reply, ServerStream};
 use crate::body::{Body, Payload};
 use crate::metadata::MetadataMap;
 use crate::proto::{SendError, Shared, State};
@@ -44,8 +44,6 @@ pin_project! {
     #[project = PhaseProj]
     enum Phase<F> {
         Handler { #[pin] fut: F },
-        // A unary outcome waiting for room in the connection's output.
-        Reply { reply: Option<Reply> },
         Streaming {
             body: Body,
             // Response metadata, until the response HEADERS go out.
@@ -126,16 +124,13 @@ where
                                 let (metadata, _extensions, body) = resp.into_parts();
                                 (metadata, body.into_once().ok())
                             });
-                            this.phase.set(Phase::Reply { reply: Some(reply) });
+                            // The connection writes it: no lock to take here.
+                            this.shared.side.push(*this.id, reply);
+                            this.shared.wake_task();
+                            this.phase.set(Phase::Done);
+                            return Poll::Ready(());
                         }
                     }
-                }
-                PhaseProj::Reply { reply } => {
-                    if respond(this.shared, *this.id, cx, reply).is_pending() {
-                        return Poll::Pending;
-                    }
-                    this.phase.set(Phase::Done);
-                    return Poll::Ready(());
                 }
                 PhaseProj::Streaming {
                     body,
@@ -258,7 +253,7 @@ fn send_headers(shared: &Shared<ServerStream>, id: u32, headers: &mut Option<Met
     let Some(md) = headers.take() else {
         return;
     };
-    let task = {
+    {
         let mut st = shared.lock();
         let max_metadata = st.peer.max_metadata;
         let State { streams, wb, .. } = &mut *st;
@@ -267,11 +262,8 @@ fn send_headers(shared: &Shared<ServerStream>, id: u32, headers: &mut Option<Met
         };
         s.ext.headers_sent = true;
         wire::put_response_headers(wb, id, &md, None, None, max_metadata);
-        st.take_task()
-    };
-    if let Some(w) = task {
-        w.wake();
     }
+    shared.wake_task();
 }
 
 /// Sends the response HEADERS with the first message; false when the
@@ -282,7 +274,7 @@ fn first_message(
     md: MetadataMap,
     p: Payload,
 ) -> Result<bool, Status> {
-    let task = {
+    {
         let mut st = shared.lock();
         let max = max_message(shared, &st);
         if p.len() > max {
@@ -295,11 +287,8 @@ fn first_message(
         };
         s.ext.headers_sent = true;
         wire::put_response_headers(wb, id, &md, Some(&p), None, max_metadata);
-        st.take_task()
-    };
-    if let Some(w) = task {
-        w.wake();
     }
+    shared.wake_task();
     Ok(true)
 }
 
@@ -322,7 +311,7 @@ fn end_stream(
     status: Status,
 ) {
     log_failure(id, &status);
-    let task = {
+    {
         let mut st = shared.lock();
         if !st.streams.contains_key(&id) {
             return;
@@ -341,49 +330,12 @@ fn end_stream(
             None => wire::put_trailers(&mut st.wb, id, Some(&status), max_metadata),
         }
         super::stream::close_stream(&mut st, id, "the call already finished");
-        st.take_task()
-    };
-    if let Some(w) = task {
-        w.wake();
     }
-}
-
-/// A finished unary call's outcome: response metadata and message, or
-/// the error.
-type Reply = Result<(MetadataMap, Option<Payload>), Status>;
-
-/// Writes a finished unary call's outcome, once the output has room, and
-/// closes the stream.
-fn respond(
-    shared: &Shared<ServerStream>,
-    id: u32,
-    cx: &mut Context<'_>,
-    reply: &mut Option<Reply>,
-) -> Poll<()> {
-    let task = {
-        let mut st = shared.lock();
-        if !st.streams.contains_key(&id) {
-            return Poll::Ready(()); // cancelled or timed out: already answered for
-        }
-        if st.poll_write_room(cx).is_pending() {
-            return Poll::Pending;
-        }
-        let Some(reply) = reply.take() else {
-            return Poll::Ready(());
-        };
-        let limits = (max_message(shared, &st), st.peer.max_metadata);
-        write_response(&mut st.wb, id, reply, limits);
-        super::stream::close_stream(&mut st, id, "the call already finished");
-        st.take_task()
-    };
-    if let Some(w) = task {
-        w.wake();
-    }
-    Poll::Ready(())
+    shared.wake_task();
 }
 
 /// Encodes a finished unary call's outcome: response metadata and message.
-fn write_response(
+pub(crate) fn write_response(
     wb: &mut crate::frame::WriteBuf,
     id: u32,
     result: Reply,

@@ -19,10 +19,10 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_service::Service;
 
-use super::call::CallTask;
+use super::call::{write_response, CallTask};
 use super::limits::CancelBudget;
 use super::local::LocalCalls;
-use super::stream::{answer, close_stream, CallRef, ServerStream};
+use super::stream::{answer, close_stream, CallRef, Reply, ServerStream};
 use super::ServerConfig;
 use crate::body::{Body, Payload};
 use crate::frame::{self, Flags, Frame, FrameHeader, FrameType, Goaway, GoawayCode};
@@ -52,6 +52,8 @@ pub(crate) struct ServerRole<S: Service<Request<Body>>> {
     /// The last dispatch stopped with calls left: the service was not ready
     /// or the output is backed up. Nothing more is read meanwhile.
     backed_up: bool,
+    /// Replies taken from the calls' tasks, being written.
+    replies: Vec<(u32, Reply)>,
     /// Calls started this turn, whose handle is stored in one locked pass.
     started: Vec<(u32, CallRef)>,
     /// Inline mode's executor (`None`: every call is a task).
@@ -112,6 +114,7 @@ where
             conn_extensions,
             queue: VecDeque::new(),
             backed_up: false,
+            replies: Vec::new(),
             started: Vec::new(),
             local: cfg.inline_handlers.then(LocalCalls::new),
             drop_local: Vec::new(),
@@ -624,8 +627,13 @@ where
             }
         }
         self.drop_requests.clear();
-        if !self.queue.is_empty() {
-            progress |= self.dispatch(cx);
+        if !self.queue.is_empty() && self.dispatch(cx) {
+            progress = true;
+            // Go to the back of the run queue once: the runtime then wakes
+            // an idle worker, which takes this connection (or the new calls)
+            // while this one runs a call that may burn CPU for long; the
+            // newest task waits in a slot no other worker may take.
+            cx.waker().wake_by_ref();
         }
         if let Some(local) = &mut self.local {
             progress |= local.poll(cx);
@@ -648,6 +656,31 @@ where
             return Some(Exit::Graceful("drained"));
         }
         None
+    }
+
+    fn on_turn(&mut self, st: &mut State<ServerStream>) -> bool {
+        if self.replies.is_empty() {
+            self.shared.side.take(&mut self.replies);
+        }
+        let limits = (
+            st.peer.max_message.min(self.shared.max_send_message),
+            st.peer.max_metadata,
+        );
+        let mut done = 0;
+        // While the output has room; what is left waits for a later turn
+        // (and so do the results of the calls behind it).
+        while done < self.replies.len() && st.has_write_room() {
+            let (id, reply) =
+                std::mem::replace(&mut self.replies[done], (0, Err(Status::new(Code::Ok, ""))));
+            done += 1;
+            // A call cancelled or timed out meanwhile was answered already.
+            if st.streams.contains_key(&id) {
+                write_response(&mut st.wb, id, reply, limits);
+                close_stream(st, id, "the call already finished");
+            }
+        }
+        self.replies.drain(..done);
+        done > 0
     }
 
     fn closing(&self) -> bool {

@@ -2,9 +2,12 @@
 //! a stream is answered for and closed by whoever ends it: its call's task
 //! or the connection.
 
+use std::sync::Mutex;
+
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::body::Payload;
 use crate::metadata::MetadataMap;
 use crate::proto::{RoleStream, Shared, State};
 use crate::request::DeadlineWatch;
@@ -12,6 +15,34 @@ use crate::status::Status;
 use crate::wire;
 
 use super::call::log_failure;
+
+/// A finished unary call's outcome: response metadata and message, or
+/// the error.
+pub(crate) type Reply = Result<(MetadataMap, Option<Payload>), Status>;
+
+/// Replies of unary calls, handed by their tasks to the connection without
+/// taking its lock: the connection writes them on its next turn, while its
+/// output has room.
+#[derive(Debug, Default)]
+pub(crate) struct Replies(Mutex<Vec<(u32, Reply)>>);
+
+impl Replies {
+    /// Hands over the reply of stream `id`.
+    pub(crate) fn push(&self, id: u32, reply: Reply) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, reply));
+    }
+
+    /// Takes every reply handed over so far into `out`.
+    pub(crate) fn take(&self, out: &mut Vec<(u32, Reply)>) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !q.is_empty() {
+            std::mem::swap(&mut *q, out);
+        }
+    }
+}
 
 /// Who runs a call.
 #[derive(Debug)]
@@ -39,6 +70,7 @@ pub(crate) struct ServerStream {
 
 impl RoleStream for ServerStream {
     type Conn = ();
+    type Side = Replies;
 
     fn reader_dropped(_st: &mut State<Self>, _id: u32) {
         // A handler that stops reading its request stream does not end the
@@ -48,14 +80,8 @@ impl RoleStream for ServerStream {
 
 impl DeadlineWatch for Shared<ServerStream> {
     fn tighten(&self, stream_id: u32, deadline: Instant) {
-        let task = {
-            let mut st = self.lock();
-            st.tighten_deadline(stream_id, deadline);
-            st.take_task()
-        };
-        if let Some(w) = task {
-            w.wake();
-        }
+        self.lock().tighten_deadline(stream_id, deadline);
+        self.wake_task();
     }
 }
 
