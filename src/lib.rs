@@ -14,7 +14,9 @@
 //!   of any tower middleware.
 //!
 //! The wire format is specified in `docs/PROTOCOL.md`; the [`frame`] module
-//! implements it.
+//! implements it. The same services and clients also speak gRPC (one port
+//! serves both protocols) and an HTTP/JSON gateway that mounts in axum: see
+//! [`grpc`] and [`http`].
 //!
 //! ## Cargo features
 //!
@@ -48,6 +50,8 @@ pub mod body;
 pub mod client;
 pub mod codec;
 pub mod frame;
+pub mod grpc;
+pub mod http;
 pub mod metadata;
 pub mod request;
 pub mod server;

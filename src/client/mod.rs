@@ -3,7 +3,7 @@
 
 mod channel;
 mod connection;
-mod endpoint;
+pub(crate) mod endpoint;
 mod typed;
 
 pub use channel::{Channel, ResponseFuture};
