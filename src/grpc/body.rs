@@ -52,6 +52,12 @@ where
         }
     }
 
+    /// True while part of a message is buffered: the peer is in the middle
+    /// of sending it.
+    pub(crate) fn mid_message(&self) -> bool {
+        !self.decoder.is_empty()
+    }
+
     /// The next message; at the end, on the client side, the status from
     /// the trailers (the stream convention of [`crate::stream`]).
     pub(crate) fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, Status>>> {

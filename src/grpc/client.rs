@@ -479,6 +479,8 @@ async fn response(
                 Poll::Ready(None) => {
                     return Poll::Ready(Ok(first.take().map_or_else(Body::empty, Body::once)))
                 }
+                // The first message is on its way: wait for it whole.
+                Poll::Pending if first.is_none() && st.mid_message() => return Poll::Pending,
                 Poll::Pending => {
                     let rest = stream.take().map(|s| Prepend::new(first.take(), None, s));
                     return Poll::Ready(Ok(rest.map(Body::stream).unwrap_or_default()));

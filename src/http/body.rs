@@ -13,6 +13,7 @@ use http_body::{Frame, SizeHint};
 
 use crate::grpc::body::Guarded;
 use crate::grpc::{codec, status as grpc_status};
+use crate::metadata::MetadataMap;
 use crate::status::{Code, Status};
 
 /// The body of a response from [`HttpService`](super::HttpService).
@@ -38,12 +39,13 @@ impl HttpBody {
         }
     }
 
-    pub(crate) fn grpc(body: Guarded, max_send: usize) -> Self {
+    pub(crate) fn grpc(body: Guarded, ok_trailers: Option<MetadataMap>, max_send: usize) -> Self {
         HttpBody {
             kind: Kind::Grpc(GrpcBody {
                 body,
                 pending: None,
                 trailers: None,
+                ok_trailers,
                 max_send,
                 done: false,
             }),
@@ -109,6 +111,8 @@ struct GrpcBody {
     /// The message bytes of a large message whose prefix went out first.
     pending: Option<Bytes>,
     trailers: Option<HeaderMap>,
+    /// Trailing metadata for a successful end (a unary reply's).
+    ok_trailers: Option<MetadataMap>,
     max_send: usize,
     done: bool,
 }
@@ -136,7 +140,10 @@ impl GrpcBody {
                 return Poll::Ready(Some(Frame::data(first)));
             }
             Poll::Ready(Some(Err(s))) => s,
-            Poll::Ready(None) => Status::new(Code::Ok, ""),
+            Poll::Ready(None) => match self.ok_trailers.take() {
+                Some(md) => Status::ok_with_trailers(md),
+                None => Status::new(Code::Ok, ""),
+            },
         };
         self.done = true;
         log_failure(&status);

@@ -34,6 +34,11 @@
 //! newline-delimited JSON (`application/x-ndjson`). Methods must accept the
 //! JSON codec (the default; `.codec((Json, Proto))` for both).
 //!
+//! A unary handler sends trailing metadata by putting a
+//! [`Trailers`](crate::client::Trailers) extension on its response (gRPC
+//! trailers; extra headers in the JSON form); a streaming handler ends its
+//! stream with `Err(Status::ok_with_trailers(md))`.
+//!
 //! [`Code::http_status`]: crate::Code::http_status
 
 mod body;
@@ -58,6 +63,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::body::{Body, Payload};
+use crate::client::Trailers;
 use crate::codec::set_codec_name;
 use crate::grpc::body::{body_error, deadline_status, panicked, Guarded, MessageStream, Prepend, Side};
 use crate::grpc::{metadata, status as grpc_status, timeout};
@@ -247,8 +253,8 @@ pin_project! {
     where
         S: Service<Request<Body>>,
     {
-        // gRPC: take the messages that are already here, so a unary request
-        // reaches the handler as one message.
+        // gRPC: take the messages that are already here (and the first one
+        // whole), so a unary request reaches the handler as one message.
         Peek {
             svc: Option<S>,
             req: Option<Request<Body>>,
@@ -477,17 +483,23 @@ fn error_response(ctx: &CallCtx, status: Status) -> http::Response<HttpBody> {
 
 /// The HTTP response for a handler's response.
 fn respond(ctx: &mut CallCtx, resp: Response<Body>) -> http::Response<HttpBody> {
-    let (md, _extensions, body) = resp.into_parts();
+    let (md, mut extensions, body) = resp.into_parts();
+    // Trailers of a unary reply (a streamed reply ends with its own).
+    let trailers = extensions.remove::<Trailers>().map(|t| t.0);
     let mut headers = HeaderMap::new();
     let sleep = ctx.sleep.take();
     let body = match &ctx.reply {
         Reply::Grpc(ct) => {
             headers.insert(CONTENT_TYPE, ct.clone());
             metadata::write(&md, &mut headers);
-            HttpBody::grpc(Guarded::new(body, sleep, ctx.method.clone()), ctx.max_send)
+            let body = Guarded::new(body, sleep, ctx.method.clone());
+            HttpBody::grpc(body, trailers, ctx.max_send)
         }
         Reply::Json => {
             metadata::write(&md, &mut headers);
+            if let Some(t) = &trailers {
+                metadata::write(t, &mut headers);
+            }
             match body.into_once() {
                 Ok(p) if p.compressed => {
                     return error_response(
@@ -559,6 +571,15 @@ where
                             }
                             Poll::Ready(None) => {
                                 break Some(first.take().map_or_else(Body::empty, Body::once))
+                            }
+                            // The first message is on its way: it cannot
+                            // wait on the handler, so wait for it (a unary
+                            // request then reaches the handler whole).
+                            Poll::Pending if first.is_none() && st.mid_message() => {
+                                if deadline_passed(this.ctx, cx) {
+                                    return Poll::Ready(Ok(error_response(this.ctx, deadline_status())));
+                                }
+                                return Poll::Pending;
                             }
                             Poll::Pending => {
                                 break stream
