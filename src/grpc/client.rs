@@ -29,7 +29,6 @@ use super::body::{h2_reason, MessageStream, Prepend, Side};
 use super::{codec, metadata, status as grpc_status, timeout};
 use crate::body::Body;
 use crate::client::endpoint::{ClientConfig, Endpoint};
-use crate::client::Trailers;
 use crate::codec::codec_name;
 use crate::metadata::MetadataMap;
 use crate::request::{Request, Response};
@@ -406,7 +405,7 @@ fn go_away(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Turns an HTTP response into the call's response: trailers-only answers
 /// and non-gRPC answers become statuses; messages already here are taken so
-/// a unary reply is one message (with its trailers as [`Trailers`]).
+/// that a unary reply without trailers is one message (`Body::once`).
 async fn response(
     resp: http::Response<hyper::body::Incoming>,
     max_message: usize,
@@ -418,12 +417,12 @@ async fn response(
         if status.code() != Code::Ok {
             return Err(status);
         }
-        let mut r = Response::new(Body::empty());
-        if !status.metadata().is_empty() {
-            r.extensions_mut()
-                .insert(Trailers(status.metadata().clone()));
-        }
-        return Ok(r);
+        let body = if status.metadata().is_empty() {
+            Body::empty()
+        } else {
+            Body::stream(futures_util::stream::iter([Err(status)]))
+        };
+        return Ok(Response::new(body));
     }
     if parts.status != http::StatusCode::OK {
         let code = grpc_status::code_of_http(parts.status.as_u16());
@@ -451,7 +450,6 @@ async fn response(
     let sleep = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
     let mut stream = Some(MessageStream::new(body, max_message, Side::Client, sleep));
     let mut first = None;
-    let mut trailers = None;
     let body = poll_fn(|cx| {
         let Some(st) = stream.as_mut() else {
             return Poll::Ready(Err(Status::internal("response polled after completion")));
@@ -463,9 +461,11 @@ async fn response(
                     let rest = stream.take().map(|s| Prepend::new(first.take(), Some(p), s));
                     return Poll::Ready(Ok(rest.map(Body::stream).unwrap_or_default()));
                 }
+                // Trailers stay at the end of the stream, where both a typed
+                // unary call and a `Streaming` find them.
                 Poll::Ready(Some(Err(s))) if s.code() == Code::Ok => {
-                    trailers = Some(s.metadata().clone());
-                    return Poll::Ready(Ok(first.take().map_or_else(Body::empty, Body::once)));
+                    let items = first.take().map(Ok).into_iter().chain([Err(s)]);
+                    return Poll::Ready(Ok(Body::stream(futures_util::stream::iter(items))));
                 }
                 Poll::Ready(Some(Err(s))) => {
                     return Poll::Ready(match first.take() {
@@ -491,9 +491,6 @@ async fn response(
     .await?;
     let mut r = Response::new(body);
     *r.metadata_mut() = md;
-    if let Some(t) = trailers {
-        r.extensions_mut().insert(Trailers(t));
-    }
     Ok(r)
 }
 
