@@ -6,9 +6,12 @@ CARGO ?= cargo
 .PHONY: demo test deps interop fmt fmt-check clippy unit doc-test bench fuzz clean
 
 ## demo: start the echo server, show a reply, a deadline, a status error, metadata and a recovered panic, stop gracefully;
-## then every layer at once (examples/full_stack): a retried call, rejected credentials, compression, /metrics.
+## the same port over gRPC (trpc call grpc://) and the HTTP/JSON gateway (curl); then every layer at
+## once (examples/full_stack): a retried call, rejected credentials, compression, /metrics; then one
+## axum app serving REST, gRPC and the JSON gateway (examples/axum_gateway), driven with curl.
 demo:
-	$(CARGO) build --quiet --example echo_server --example full_stack --bin trpc
+	@command -v curl >/dev/null 2>&1 || { apt-get update && apt-get install -y curl; }
+	$(CARGO) build --quiet --example echo_server --example full_stack --example axum_gateway --bin trpc
 	./scripts/demo.sh
 
 ## test: formatting, clippy -D warnings, and every unit, doc and integration test.

@@ -36,6 +36,7 @@ fn is_http_header(name: &str) -> bool {
             | "upgrade"
             | "expect"
             | "trailer"
+            | "date"
     )
 }
 
