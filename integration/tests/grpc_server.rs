@@ -178,3 +178,30 @@ async fn with_grpc_off_an_http2_client_is_refused_and_native_calls_work() {
     assert_eq!(reply.message, "trpc alpn= client=");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_idle_grpc_connection_gets_a_goaway_at_the_idle_timeout() {
+    let server = serve_with(
+        Server::builder().idle_timeout(Some(Duration::from_millis(300))),
+        router(),
+    )
+    .await;
+    let mut peer = H2Peer::connect(server.addr).await;
+    peer.handshake().await;
+    let goaway = within(SOON, "idle GOAWAY", peer.next_goaway()).await;
+    assert_eq!(goaway.error_code, 0, "{goaway:?}");
+    drop(peer);
+    // A client that keeps calling keeps its connection.
+    let channel = Endpoint::new(format!("grpc://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = Client::with_codec(channel.clone(), Proto);
+    for _ in 0..4 {
+        let _: EchoMsg = client.unary_message("t.T/Who", EchoMsg::new("")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(channel.connections(), 1);
+    server.shutdown().await;
+}

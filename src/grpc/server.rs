@@ -6,7 +6,9 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -39,6 +41,7 @@ fn service<S>(
     cfg: &ServerConfig,
     peer: SocketAddr,
     conn_extensions: Option<http::Extensions>,
+    calls: Arc<AtomicUsize>,
 ) -> Hyper<S> {
     Hyper(HttpService::with_config(
         svc,
@@ -50,6 +53,7 @@ fn service<S>(
             json: true,
             peer: Some(peer),
             conn_extensions,
+            calls: Some(calls),
         },
     ))
 }
@@ -59,16 +63,23 @@ pub(crate) fn header_list_limit(max_metadata: usize) -> u32 {
     (max_metadata + HEADER_OVERHEAD).min(u32::MAX as usize) as u32
 }
 
-/// Runs a hyper connection until it ends; on `shutdown` starts hyper's
-/// graceful shutdown (GOAWAY on HTTP/2, `connection: close` on HTTP/1) and
-/// drains, until `force`.
+/// Runs a hyper connection until it ends; on `shutdown` — or when no call
+/// started for a whole idle timeout — starts hyper's graceful shutdown
+/// (GOAWAY on HTTP/2, `connection: close` on HTTP/1; calls in flight finish)
+/// and drains, until `force`.
 macro_rules! drive {
-    ($conn:expr, $peer:expr, $shutdown:expr, $force:expr) => {{
+    ($conn:expr, $peer:expr, $cfg:expr, $calls:expr, $shutdown:expr, $force:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
+        let idle = idle_check($cfg.idle_timeout, $calls);
+        tokio::pin!(idle);
         let done = tokio::select! {
             r = conn.as_mut() => Some(r),
             _ = $shutdown.cancelled() => None,
+            _ = idle.as_mut() => {
+                tracing::debug!(peer = %$peer, "HTTP connection idle: closing it");
+                None
+            }
         };
         let result = match done {
             Some(r) => Some(r),
@@ -86,6 +97,23 @@ macro_rules! drive {
             None => tracing::debug!(peer = %$peer, "HTTP connection closed by force at the end of the grace period"),
         }
     }};
+}
+
+/// Completes once a whole idle timeout passes without a call starting on
+/// the connection (never without an idle timeout).
+async fn idle_check(timeout: Option<Duration>, calls: Arc<AtomicUsize>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    let mut seen = calls.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(timeout).await;
+        let now = calls.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
 }
 
 /// Serves one HTTP/2 connection (`io` replays the bytes read during
@@ -119,11 +147,12 @@ pub(crate) async fn serve_h2<IO, S>(
         b.keep_alive_interval(interval).keep_alive_timeout(timeout);
     }
     tracing::debug!(%peer, "HTTP/2 connection opened");
+    let calls = Arc::new(AtomicUsize::new(0));
     let conn = b.serve_connection(
         TokioIo::new(io),
-        service(svc, &cfg, peer, conn_extensions),
+        service(svc, &cfg, peer, conn_extensions, calls.clone()),
     );
-    drive!(conn, peer, shutdown, force);
+    drive!(conn, peer, cfg, calls, shutdown, force);
 }
 
 /// Serves one HTTP/1 connection (the JSON gateway).
@@ -146,11 +175,12 @@ pub(crate) async fn serve_h1<IO, S>(
         .header_read_timeout(cfg.frame_timeout)
         .max_buf_size(header_list_limit(cfg.max_metadata) as usize);
     tracing::debug!(%peer, "HTTP/1 connection opened");
+    let calls = Arc::new(AtomicUsize::new(0));
     let conn = b.serve_connection(
         TokioIo::new(io),
-        service(svc, &cfg, peer, conn_extensions),
+        service(svc, &cfg, peer, conn_extensions, calls.clone()),
     );
-    drive!(conn, peer, shutdown, force);
+    drive!(conn, peer, cfg, calls, shutdown, force);
 }
 
 /// An IO that first replays the bytes read while detecting the protocol.

@@ -94,6 +94,8 @@ pub(crate) struct Config {
     pub(crate) json: bool,
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) conn_extensions: Option<http::Extensions>,
+    /// Counts the calls started on the connection (its idle check).
+    pub(crate) calls: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Default for Config {
@@ -106,6 +108,7 @@ impl Default for Config {
             json: true,
             peer: None,
             conn_extensions: None,
+            calls: None,
         }
     }
 }
@@ -312,6 +315,9 @@ where
         B::Error: Into<BoxError>,
     {
         let cfg = &*self.config;
+        if let Some(calls) = &cfg.calls {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let (mut parts, body) = req.into_parts();
         let grpc_type = parts
             .headers
