@@ -1,6 +1,12 @@
 //! The gRPC transport of a [`Channel`](crate::Channel): one HTTP/2 connection
-//! (hyper's client) per endpoint, established on demand and re-established
-//! with backoff, carrying every call as an HTTP/2 stream.
+//! per endpoint, established on demand and re-established with backoff,
+//! carrying every call as an HTTP/2 stream.
+//!
+//! The connection is driven by h2 (hyper's HTTP/2 implementation) directly:
+//! hyper's client adds a dispatch channel, a oneshot and a spawned task per
+//! request on top of h2, which the unary benchmark pays for on every call;
+//! here a caller opens its stream itself and only a streaming request body
+//! gets a task (its pump).
 //!
 //! A call's deadline is sent as `grpc-timeout` and enforced here too;
 //! dropping the call (or its response stream) resets the stream
@@ -11,28 +17,27 @@
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_core::Stream;
 use http::header::{CONTENT_TYPE, TE, USER_AGENT};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::client::SendRequest;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::body::{h2_reason, MessageStream, Prepend, Side};
+use super::body::{MessageStream, Prepend, Side};
 use super::{codec, metadata, status as grpc_status, timeout};
 use crate::body::Body;
 use crate::client::endpoint::{ClientConfig, Endpoint};
 use crate::codec::codec_name;
 use crate::metadata::MetadataMap;
 use crate::request::{Request, Response};
-use crate::status::{BoxError, Code, Status};
+use crate::status::{Code, Status};
 use crate::util::{fmt_duration, jitter};
 
 /// How often a refused call is re-sent.
@@ -47,10 +52,24 @@ pub(crate) struct GrpcClient {
     changed: Notify,
 }
 
+/// An established connection: its stream opener, and whether its driver
+/// task has ended.
+#[derive(Clone)]
+struct Conn {
+    send: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
 enum Slot {
     Empty { failures: u32 },
     Connecting { failures: u32 },
-    Ready(SendRequest<RequestBody>),
+    Ready(Conn),
     Backoff {
         until: Instant,
         error: Status,
@@ -60,7 +79,7 @@ enum Slot {
 }
 
 enum Pick {
-    Ready(SendRequest<RequestBody>),
+    Ready(SendRequest<Bytes>),
     Wait,
     Fail(Status),
 }
@@ -114,7 +133,7 @@ impl GrpcClient {
     fn pick(self: &Arc<Self>) -> Pick {
         let mut slot = self.lock();
         let failures = match &mut *slot {
-            Slot::Ready(s) if !s.is_closed() => return Pick::Ready(s.clone()),
+            Slot::Ready(c) if !c.is_closed() => return Pick::Ready(c.send.clone()),
             Slot::Ready(_) => 0,
             Slot::Connecting { .. } => return Pick::Wait,
             Slot::Empty { failures } => *failures,
@@ -155,7 +174,7 @@ impl GrpcClient {
                 _ => 0,
             };
             *slot = match result {
-                Ok(send) => Slot::Ready(send),
+                Ok(conn) => Slot::Ready(conn),
                 Err(error) => {
                     let cfg = &self.endpoint.config;
                     let exp = cfg
@@ -176,7 +195,7 @@ impl GrpcClient {
     }
 
     /// A connection's sender, connecting first if needed.
-    async fn sender(self: &Arc<Self>) -> Result<SendRequest<RequestBody>, Status> {
+    async fn sender(self: &Arc<Self>) -> Result<SendRequest<Bytes>, Status> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -194,7 +213,7 @@ impl GrpcClient {
         self.sender().await.map(drop)
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, Status> {
+    async fn connect(&self) -> Result<Conn, Status> {
         let cfg = &self.endpoint.config;
         let host = self.endpoint.host();
         let attempt = async {
@@ -283,9 +302,34 @@ impl GrpcClient {
         deadline: Option<Instant>,
     ) -> Result<Response<Body>, Status> {
         let cfg = &self.endpoint.config;
-        let http_req = self.build(req, deadline)?;
-        let mut send = self.sender().await?;
-        let resp = send.send_request(http_req).await.map_err(send_error)?;
+        let (http_req, body) = self.build(req, deadline)?;
+        let send = self.sender().await?;
+        let mut send = send.ready().await.map_err(|e| send_error(e, true))?;
+        let empty = !body.is_stream() && body.as_once().is_none();
+        let (resp, mut tx) = send
+            .send_request(http_req, empty)
+            .map_err(|e| send_error(e, true))?;
+        let pump = match body.into_once() {
+            Ok(p) => {
+                let (first, rest) = codec::encode(p);
+                let last = rest.is_none();
+                tx.send_data(first, last)
+                    .and_then(|()| rest.map_or(Ok(()), |r| tx.send_data(r, true)))
+                    .map_err(|e| send_error(e, false))?;
+                None
+            }
+            Err(body) if body.is_stream() => {
+                let task = tokio::spawn(pump(body, tx, cfg.max_send_message));
+                Some(AbortOnDrop(task.abort_handle()))
+            }
+            Err(_) => None,
+        };
+        let resp = resp.await.map_err(|e| send_error(e, false))?;
+        let resp = resp.map(|recv| RecvBody {
+            recv,
+            data_done: false,
+            _pump: pump,
+        });
         response(resp, cfg.max_message, deadline).await
     }
 
@@ -293,7 +337,7 @@ impl GrpcClient {
         &self,
         req: Request<Body>,
         deadline: Option<Instant>,
-    ) -> Result<http::Request<RequestBody>, Status> {
+    ) -> Result<(http::Request<()>, Body), Status> {
         let cfg = &self.endpoint.config;
         let (parts, body) = req.into_parts();
         if let Some(p) = body.as_once() {
@@ -331,11 +375,11 @@ impl GrpcClient {
             headers.insert("grpc-timeout", timeout::format(left));
         }
         metadata::write(&parts.metadata, &mut headers);
-        let mut r = http::Request::new(RequestBody::new(body, cfg.max_send_message));
+        let mut r = http::Request::new(());
         *r.method_mut() = http::Method::POST;
         *r.uri_mut() = uri;
         *r.headers_mut() = headers;
-        Ok(r)
+        Ok((r, body))
     }
 }
 
@@ -351,40 +395,67 @@ fn content_type(name: &str) -> HeaderValue {
     }
 }
 
-/// Opens the HTTP/2 connection over `io`; its driver runs in a task of its own.
-async fn handshake<IO>(io: IO, cfg: &ClientConfig) -> Result<SendRequest<RequestBody>, Status>
+/// Opens the HTTP/2 connection over `io`; its driver (and keepalive) runs in
+/// a task of its own.
+async fn handshake<IO>(io: IO, cfg: &ClientConfig) -> Result<Conn, Status>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .initial_stream_window_size(cfg.stream_window)
+    let (send, mut conn) = h2::client::Builder::new()
+        .initial_window_size(cfg.stream_window)
         .initial_connection_window_size(cfg.connection_window)
-        .max_header_list_size(super::server::header_list_limit(cfg.max_metadata));
-    if let Some((interval, timeout)) = cfg.keepalive {
-        b.keep_alive_interval(interval)
-            .keep_alive_timeout(timeout)
-            .keep_alive_while_idle(true);
-    }
-    let (send, conn) = b
-        .handshake(TokioIo::new(io))
+        .max_header_list_size(super::server::header_list_limit(cfg.max_metadata))
+        .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| Status::unavailable(format!("HTTP/2 handshake failed: {e}")))?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let pings = conn.ping_pong();
+    let keepalive = cfg.keepalive;
+    let done = closed.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "gRPC connection closed");
+        let alive = async {
+            match (keepalive, pings) {
+                (Some((interval, timeout)), Some(pings)) => keep_alive(pings, interval, timeout).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "gRPC connection closed");
+                }
+            }
+            why = alive => tracing::debug!(why, "gRPC connection closed: keepalive failed"),
         }
+        done.store(true, Ordering::Release);
     });
-    Ok(send)
+    Ok(Conn { send, closed })
 }
 
-/// Maps an error of sending a request: a call the server never processed
-/// is marked refused (safe to re-send).
-fn send_error(e: hyper::Error) -> Status {
-    let refused = e.is_canceled()
-        || h2_reason(&e) == Some(h2::Reason::REFUSED_STREAM)
-        || go_away(&e);
-    if h2_reason(&e) == Some(h2::Reason::CANCEL) && !refused {
+/// PINGs every `interval`; returns when an answer does not come within
+/// `timeout` (the connection is then dropped).
+async fn keep_alive(mut pings: h2::PingPong, interval: std::time::Duration, timeout: std::time::Duration) -> &'static str {
+    loop {
+        tokio::time::sleep(interval).await;
+        if pings.send_ping(h2::Ping::opaque()).is_err() {
+            return "cannot send PING";
+        }
+        match tokio::time::timeout(timeout, poll_fn(|cx| pings.poll_pong(cx))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return "PING failed",
+            Err(_) => return "no PONG in time",
+        }
+    }
+}
+
+/// Maps an h2 error of opening a stream or sending its request: a call the
+/// server never processed (`unsent`, REFUSED_STREAM, or above a GOAWAY's
+/// last stream id) is marked refused (safe to re-send).
+fn send_error(e: h2::Error, unsent: bool) -> Status {
+    let refused = unsent
+        || e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR));
+    if e.reason() == Some(h2::Reason::CANCEL) && !refused {
         return Status::cancelled(format!("the server cancelled the call: {e}"));
     }
     Status::unavailable(format!("gRPC transport error: {e}"))
@@ -392,22 +463,101 @@ fn send_error(e: hyper::Error) -> Status {
         .with_source(e)
 }
 
-fn go_away(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(e) = cur {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR);
-        }
-        cur = e.source();
+/// Aborts a streaming request's pump when the call's response is dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    false
+}
+
+/// Sends a streaming request body, as the stream's flow-control window
+/// allows; a failed body resets the stream (RST_STREAM(CANCEL)).
+async fn pump(mut body: Body, mut tx: h2::SendStream<Bytes>, max_send: usize) {
+    use futures_util::StreamExt;
+    while let Some(item) = body.next().await {
+        match item {
+            Ok(p) if p.len() > max_send => {
+                tracing::debug!(len = p.len(), max_send, "request message too large; cancelling the call");
+                tx.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Ok(p) => {
+                let (first, rest) = codec::encode(p);
+                for chunk in std::iter::once(first).chain(rest) {
+                    if send_all(&mut tx, chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(s) if s.code() == Code::Ok => break,
+            Err(_) => {
+                tx.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+        }
+    }
+    let _ = tx.send_data(Bytes::new(), true);
+}
+
+async fn send_all(tx: &mut h2::SendStream<Bytes>, mut chunk: Bytes) -> Result<(), h2::Error> {
+    while !chunk.is_empty() {
+        tx.reserve_capacity(chunk.len());
+        let n = match poll_fn(|cx| tx.poll_capacity(cx)).await {
+            Some(r) => r?,
+            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+        };
+        if n > 0 {
+            let part = chunk.split_to(n.min(chunk.len()));
+            tx.send_data(part, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// A response stream as an `http_body::Body`; consumed bytes give their
+/// flow-control credit back.
+struct RecvBody {
+    recv: h2::RecvStream,
+    data_done: bool,
+    _pump: Option<AbortOnDrop>,
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = self.get_mut();
+        if !this.data_done {
+            match this.recv.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(b))) => {
+                    let _ = this.recv.flow_control().release_capacity(b.len());
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => this.data_done = true,
+            }
+        }
+        match this.recv.poll_trailers(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+        }
+    }
 }
 
 /// Turns an HTTP response into the call's response: trailers-only answers
 /// and non-gRPC answers become statuses; messages already here are taken so
 /// that a unary reply without trailers is one message (`Body::once`).
 async fn response(
-    resp: http::Response<hyper::body::Incoming>,
+    resp: http::Response<RecvBody>,
     max_message: usize,
     deadline: Option<Instant>,
 ) -> Result<Response<Body>, Status> {
@@ -492,88 +642,6 @@ async fn response(
     let mut r = Response::new(body);
     *r.metadata_mut() = md;
     Ok(r)
-}
-
-/// A request's messages as an HTTP/2 body.
-pub(crate) struct RequestBody {
-    body: Body,
-    pending: Option<Bytes>,
-    max_send: usize,
-    done: bool,
-}
-
-impl RequestBody {
-    fn new(body: Body, max_send: usize) -> Self {
-        // An empty body has no message: END_STREAM on the headers.
-        let done = !body.is_stream() && body.as_once().is_none();
-        RequestBody {
-            body,
-            pending: None,
-            max_send,
-            done,
-        }
-    }
-}
-
-impl http_body::Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some(b) = this.pending.take() {
-            return Poll::Ready(Some(Ok(Frame::data(b))));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.body).poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(p))) if p.len() > this.max_send => {
-                this.done = true;
-                Poll::Ready(Some(Err(Box::new(Status::resource_exhausted(format!(
-                    "request message of {} bytes exceeds the limit of {} bytes",
-                    p.len(),
-                    this.max_send
-                ))))))
-            }
-            Poll::Ready(Some(Ok(p))) => {
-                let (first, rest) = codec::encode(p);
-                this.pending = rest;
-                if this.body.as_once().is_none() && !this.body.is_stream() {
-                    // A unary body is spent: say so, so hyper sets END_STREAM
-                    // on this frame.
-                    this.done = this.pending.is_none();
-                }
-                Poll::Ready(Some(Ok(Frame::data(first))))
-            }
-            Poll::Ready(Some(Err(s))) if s.code() == Code::Ok => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(s))) => {
-                this.done = true;
-                Poll::Ready(Some(Err(Box::new(s))))
-            }
-            Poll::Ready(None) => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done && self.pending.is_none()
-    }
-}
-
-impl fmt::Debug for RequestBody {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestBody").field("done", &self.done).finish()
-    }
 }
 
 /// The future of a call on a gRPC channel.
