@@ -16,7 +16,9 @@ use tower::ServiceExt;
 use common::{serve, serve_with, within, EchoMsg, Event, Probe, SOON};
 use trpc::codec::{Json, Proto};
 use trpc::server::{bidi_streaming, client_streaming, server_streaming, unary, Router, Server};
-use trpc::{Body, Channel, Client, Code, Endpoint, Payload, Protocol, Request, Response, Status, Streaming};
+use trpc::{
+    Body, Channel, Client, Code, Endpoint, Payload, Protocol, Request, Response, Status, Streaming,
+};
 
 async fn say(req: Request<EchoMsg>) -> Result<Response<EchoMsg>, Status> {
     let proto = req.protocol();
@@ -36,29 +38,27 @@ async fn say(req: Request<EchoMsg>) -> Result<Response<EchoMsg>, Status> {
 async fn fail(req: Request<EchoMsg>) -> Result<Response<EchoMsg>, Status> {
     let mut md = trpc::MetadataMap::new();
     md.insert("x-why", "because");
-    Err(Status::not_found(format!("no {} ☃ 100%", req.get_ref().message))
-        .with_details(vec![1u8, 2, 3])
-        .with_metadata(md))
+    Err(
+        Status::not_found(format!("no {} ☃ 100%", req.get_ref().message))
+            .with_details(vec![1u8, 2, 3])
+            .with_metadata(md),
+    )
 }
 
 async fn boom(_req: Request<EchoMsg>) -> Result<Response<EchoMsg>, Status> {
     panic!("handler exploded")
 }
 
-fn count(
+async fn count(
     req: Request<EchoMsg>,
-) -> impl std::future::Future<
-    Output = Result<Response<impl futures_util::Stream<Item = Result<EchoMsg, Status>>>, Status>,
-> {
-    async move {
-        let n: usize = req.get_ref().message.parse().unwrap_or(3);
-        let mut md = trpc::MetadataMap::new();
-        md.insert("x-count", "done");
-        let items = (0..n)
-            .map(|i| Ok(EchoMsg::new(i.to_string())))
-            .chain(std::iter::once(Err(Status::ok_with_trailers(md))));
-        Ok(Response::new(futures_util::stream::iter(items)))
-    }
+) -> Result<Response<impl futures_util::Stream<Item = Result<EchoMsg, Status>>>, Status> {
+    let n: usize = req.get_ref().message.parse().unwrap_or(3);
+    let mut md = trpc::MetadataMap::new();
+    md.insert("x-count", "done");
+    let items = (0..n)
+        .map(|i| Ok(EchoMsg::new(i.to_string())))
+        .chain(std::iter::once(Err(Status::ok_with_trailers(md))));
+    Ok(Response::new(futures_util::stream::iter(items)))
 }
 
 async fn join(req: Request<Streaming<EchoMsg>>) -> Result<Response<EchoMsg>, Status> {
@@ -74,9 +74,9 @@ async fn shout(
     req: Request<Streaming<EchoMsg>>,
 ) -> Result<Response<impl futures_util::Stream<Item = Result<EchoMsg, Status>>>, Status> {
     let s = req.into_inner();
-    Ok(Response::new(
-        s.map(|m| m.map(|m| EchoMsg::new(m.message.to_uppercase()))),
-    ))
+    Ok(Response::new(s.map(|m| {
+        m.map(|m| EchoMsg::new(m.message.to_uppercase()))
+    })))
 }
 
 fn router(probe: Probe) -> Router {
@@ -117,9 +117,12 @@ async fn unary_calls_carry_metadata_both_ways_and_see_the_grpc_protocol() {
     for json in [false, true] {
         let mut req = Request::new(EchoMsg::new("hi"));
         req.metadata_mut().insert("x-user", "alice");
-        req.metadata_mut().insert_bin("x-blob-bin", vec![0u8, 255, 7]);
+        req.metadata_mut()
+            .insert_bin("x-blob-bin", vec![0u8, 255, 7]);
         let resp = if json {
-            Client::new(channel.clone()).unary::<_, EchoMsg>("test.Echo/Say", req).await
+            Client::new(channel.clone())
+                .unary::<_, EchoMsg>("test.Echo/Say", req)
+                .await
         } else {
             Client::with_codec(channel.clone(), Proto)
                 .unary::<_, EchoMsg>("test.Echo/Say", req)
@@ -210,7 +213,8 @@ async fn every_streaming_shape_works_with_trailers() {
     assert_eq!(joined.message.split(',').count(), 100);
 
     let (tx, rx) = tokio::sync::mpsc::channel::<EchoMsg>(4);
-    let rx = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let rx =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut replies = client
         .bidi_streaming::<_, EchoMsg, _>("test.Echo/Shout", Request::new(rx))
         .await
@@ -218,11 +222,17 @@ async fn every_streaming_shape_works_with_trailers() {
         .into_inner();
     for word in ["ping", "pong", "done"] {
         tx.send(EchoMsg::new(word)).await.unwrap();
-        let r = within(SOON, "bidi reply", replies.message()).await.unwrap().unwrap();
+        let r = within(SOON, "bidi reply", replies.message())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(r.message, word.to_uppercase());
     }
     drop(tx);
-    assert!(within(SOON, "bidi end", replies.message()).await.unwrap().is_none());
+    assert!(within(SOON, "bidi end", replies.message())
+        .await
+        .unwrap()
+        .is_none());
     server.shutdown().await;
 }
 
@@ -233,7 +243,10 @@ async fn the_deadline_travels_as_grpc_timeout_and_cancels_the_handler() {
     let mut client = Client::with_codec(grpc_channel(server.addr).await, Proto);
     let mut req = Request::new(EchoMsg::new("x"));
     req.set_timeout(Duration::from_millis(300));
-    let err = client.unary::<_, EchoMsg>("test.Echo/Slow", req).await.unwrap_err();
+    let err = client
+        .unary::<_, EchoMsg>("test.Echo/Slow", req)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
     events.expect(Event::Started, SOON).await;
     events.expect(Event::Dropped, SOON).await;
@@ -276,8 +289,10 @@ async fn oversized_messages_are_resource_exhausted_both_ways() {
         .connect()
         .await
         .unwrap();
-    let req = Request::new(Body::once(Payload::new(bytes::Bytes::from_static(b"\x0a\x01a"))))
-        .with_method("test.Echo/Say");
+    let req = Request::new(Body::once(Payload::new(bytes::Bytes::from_static(
+        b"\x0a\x01a",
+    ))))
+    .with_method("test.Echo/Say");
     let mut req = req;
     trpc::codec::set_codec_name(req.metadata_mut(), "proto");
     let err = small.oneshot(req).await.unwrap_err();

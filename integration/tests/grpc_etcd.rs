@@ -120,7 +120,11 @@ fn free_port() -> u16 {
 }
 
 fn etcd_binary() -> &'static str {
-    if std::process::Command::new("etcd").arg("--version").output().is_ok() {
+    if std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
         return "etcd";
     }
     panic!("etcd is not installed: `apt-get install etcd-server` (make test does it)");
@@ -137,8 +141,18 @@ async fn start_etcd() -> Etcd {
     let child = Command::new(etcd_binary())
         .args(["--name", "trpc-test", "--data-dir"])
         .arg(&dir)
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
         .args(["--initial-cluster", &format!("trpc-test={peer}")])
         .args(["--log-level", "error"])
         .stdout(Stdio::null())
@@ -214,8 +228,15 @@ async fn the_grpc_client_puts_and_ranges_keys_on_etcd() {
     let range = kv.unary::<_, RangeResponse>(RANGE, req).await.unwrap();
     let r = range.get_ref();
     assert_eq!(r.count, 2);
-    let got: Vec<(&[u8], &[u8])> = r.kvs.iter().map(|kv| (&kv.key[..], &kv.value[..])).collect();
-    assert_eq!(got, [(&b"trpc/a"[..], &b"2"[..]), (&b"trpc/b"[..], &b"3"[..])]);
+    let got: Vec<(&[u8], &[u8])> = r
+        .kvs
+        .iter()
+        .map(|kv| (&kv.key[..], &kv.value[..]))
+        .collect();
+    assert_eq!(
+        got,
+        [(&b"trpc/a"[..], &b"2"[..]), (&b"trpc/b"[..], &b"3"[..])]
+    );
     assert_eq!(r.kvs[0].version, 2);
 
     // etcd's own error statuses arrive as they are.

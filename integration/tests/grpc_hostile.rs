@@ -101,7 +101,13 @@ async fn rapid_reset_is_cut_off_and_leaves_no_handlers_behind() {
     'flood: for _ in 0..100 {
         let mut out = BytesMut::new();
         for _ in 0..100 {
-            frame(&mut out, HEADERS, END_HEADERS, id, &grpc_request("/h.H/Wait"));
+            frame(
+                &mut out,
+                HEADERS,
+                END_HEADERS,
+                id,
+                &grpc_request("/h.H/Wait"),
+            );
             frame(&mut out, RST_STREAM, 0, id, &CANCEL.to_be_bytes());
             id += 2;
         }
@@ -192,7 +198,11 @@ async fn control_flood(kind: u8, payload: &[u8]) {
         }
     }
     bystander_served(server.addr).await;
-    assert!(rss().saturating_sub(before) < MEMORY_BOUND, "memory grew by {} bytes", rss().saturating_sub(before));
+    assert!(
+        rss().saturating_sub(before) < MEMORY_BOUND,
+        "memory grew by {} bytes",
+        rss().saturating_sub(before)
+    );
     drop(peer);
     server.shutdown().await;
 }
@@ -229,7 +239,13 @@ async fn streams_over_the_limit_are_refused_and_never_reach_a_handler() {
     let mut out = BytesMut::new();
     for i in 0..32u32 {
         let id = 1 + 2 * i;
-        frame(&mut out, HEADERS, END_HEADERS, id, &grpc_request("/h.H/Wait"));
+        frame(
+            &mut out,
+            HEADERS,
+            END_HEADERS,
+            id,
+            &grpc_request("/h.H/Wait"),
+        );
         frame(&mut out, DATA, END_STREAM, id, &grpc_message(&[]));
     }
     assert!(peer.send(&out).await);
@@ -242,7 +258,10 @@ async fn streams_over_the_limit_are_refused_and_never_reach_a_handler() {
     assert!(
         refused >= 24 || goaway.is_some(),
         "{refused} streams refused; frames: {:?}",
-        frames.iter().map(|f| (f.kind, f.stream)).collect::<Vec<_>>()
+        frames
+            .iter()
+            .map(|f| (f.kind, f.stream))
+            .collect::<Vec<_>>()
     );
     assert!(live.now() <= 8, "{} handlers running", live.now());
     bystander_served(server.addr).await;
@@ -269,7 +288,11 @@ async fn an_oversized_header_block_never_reaches_a_handler() {
     let mut out = BytesMut::new();
     for (i, c) in chunks.iter().enumerate() {
         let kind = if i == 0 { HEADERS } else { CONTINUATION };
-        let flags = if i + 1 == chunks.len() { END_HEADERS } else { 0 };
+        let flags = if i + 1 == chunks.len() {
+            END_HEADERS
+        } else {
+            0
+        };
         frame(&mut out, kind, flags, 1, c);
     }
     frame(&mut out, DATA, END_STREAM, 1, &grpc_message(&[]));
@@ -279,7 +302,10 @@ async fn an_oversized_header_block_never_reaches_a_handler() {
         .iter()
         .any(|f| (f.kind == RST_STREAM || f.kind == HEADERS) && f.stream == 1);
     let goaway = frames.iter().any(|f| f.kind == GOAWAY);
-    assert!(answered || goaway || closed, "no answer to an oversized header block");
+    assert!(
+        answered || goaway || closed,
+        "no answer to an oversized header block"
+    );
     assert_eq!(live.now(), 0, "the oversized call reached its handler");
     bystander_served(server.addr).await;
     server.shutdown().await;

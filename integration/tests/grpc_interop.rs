@@ -42,9 +42,12 @@ async fn trpc_server() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()
     let listener = common::listener().await;
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(trpc_integration::interop::server::serve(listener, async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(trpc_integration::interop::server::serve(
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     (addr, stop)
 }
 
@@ -64,9 +67,13 @@ async fn a_python_grpcio_client_passes_every_case_against_the_trpc_server() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn the python client");
-    let out = within(Duration::from_secs(120), "the python client", child.wait_with_output())
-        .await
-        .expect("python client ran");
+    let out = within(
+        Duration::from_secs(120),
+        "the python client",
+        child.wait_with_output(),
+    )
+    .await
+    .expect("python client ran");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -75,7 +82,10 @@ async fn a_python_grpcio_client_passes_every_case_against_the_trpc_server() {
         out.status
     );
     for case in CASES {
-        assert!(stdout.contains(&format!("ok    {case}\n")), "{case} did not pass:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("ok    {case}\n")),
+            "{case} did not pass:\n{stdout}"
+        );
     }
     let _ = stop.send(());
 }
@@ -100,10 +110,14 @@ async fn python_server() -> PythonServer {
         .expect("spawn the python server");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let line = within(Duration::from_secs(60), "python server start", lines.next_line())
-        .await
-        .expect("read stdout")
-        .expect("the server printed its port");
+    let line = within(
+        Duration::from_secs(60),
+        "python server start",
+        lines.next_line(),
+    )
+    .await
+    .expect("read stdout")
+    .expect("the server printed its port");
     let port = line
         .strip_prefix("listening ")
         .and_then(|p| p.parse().ok())

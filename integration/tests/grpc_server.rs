@@ -63,8 +63,14 @@ async fn one_tls_port_serves_grpc_by_alpn_h2_and_native_by_alpn_trpc() {
             .unwrap()
     };
     for (target, want) in [
-        (format!("https://{}", server.addr), "grpc alpn=h2 client=carol"),
-        (format!("tcp://{}", server.addr), "trpc alpn=trpc/1 client=carol"),
+        (
+            format!("https://{}", server.addr),
+            "grpc alpn=h2 client=carol",
+        ),
+        (
+            format!("tcp://{}", server.addr),
+            "trpc alpn=trpc/1 client=carol",
+        ),
     ] {
         let channel = Endpoint::new(&target)
             .unwrap()
@@ -120,7 +126,10 @@ async fn shutdown_sends_goaway_to_grpc_peers_and_drains_their_calls() {
     // answered, which this raw peer does not do: it leaves.)
     drop(peer);
     // The call in flight completes normally.
-    let reply = within(SOON, "in-flight call", in_flight).await.unwrap().unwrap();
+    let reply = within(SOON, "in-flight call", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reply.message, "done");
     let took = stopped.await.unwrap();
     assert!(took < SOON, "drained in {took:?}");
@@ -154,7 +163,10 @@ async fn calls_that_outlast_the_grace_period_are_cut() {
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     let err = within(SOON, "cut call", call).await.unwrap().unwrap_err();
     assert!(
-        matches!(err.code(), Code::Unavailable | Code::Cancelled | Code::Internal),
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::Cancelled | Code::Internal
+        ),
         "{err}"
     );
 }
@@ -199,7 +211,10 @@ async fn an_idle_grpc_connection_gets_a_goaway_at_the_idle_timeout() {
         .unwrap();
     let mut client = Client::with_codec(channel.clone(), Proto);
     for _ in 0..4 {
-        let _: EchoMsg = client.unary_message("t.T/Who", EchoMsg::new("")).await.unwrap();
+        let _: EchoMsg = client
+            .unary_message("t.T/Who", EchoMsg::new(""))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(channel.connections(), 1);

@@ -33,7 +33,12 @@ async fn first_bytes(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
 /// A server with gRPC and the HTTP/1 gateway turned off.
 async fn native_only(probe: Probe) -> hostile_support::Hostile {
     let stats = TransportStats::new();
-    start(hostile_server(&stats).grpc(false).http1(false), stats, probe).await
+    start(
+        hostile_server(&stats).grpc(false).http1(false),
+        stats,
+        probe,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -50,9 +55,16 @@ async fn http1_request_is_served_by_the_json_gateway() {
     let answer = String::from_utf8(answer).expect("text answer");
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.contains("\"message\":\"hey\""), "{answer}");
-    let answer = first_bytes(h.addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let answer = first_bytes(
+        h.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let answer = String::from_utf8(answer).expect("text answer");
-    assert!(answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{answer}"
+    );
     by.finish().await;
     h.server.shutdown().await;
 }

@@ -209,7 +209,10 @@ async fn an_axum_app_serves_rest_the_json_gateway_and_grpc_side_by_side() {
     let r = http(addr, get("/healthz")).await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok"));
     let r = http(addr, get("/api/hello/bob")).await;
-    assert_eq!((r.status, r.body.as_str()), (200, "bob from nobody over trpc"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "bob from nobody over trpc")
+    );
     json_gateway_works(addr).await;
     grpc_works(addr).await;
     server.abort();

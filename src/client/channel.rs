@@ -18,7 +18,7 @@ use super::endpoint::Endpoint;
 use crate::body::Body;
 use crate::request::{Request, Response};
 use crate::status::Status;
-use crate::util::{fmt_duration, jitter};
+use crate::util::fmt_duration;
 
 /// How often a call that was refused (never processed: GOAWAY, idle close)
 /// is transparently re-sent on another connection.
@@ -145,9 +145,7 @@ impl Pool {
             *slot = match result {
                 Ok(conn) => Slot::Ready(conn),
                 Err(error) => {
-                    let cfg = &self.endpoint.config;
-                    let exp = cfg.backoff_initial.saturating_mul(1u32 << failures.min(20));
-                    let delay = jitter(exp.min(cfg.backoff_max), 0.2);
+                    let delay = self.endpoint.config.backoff_delay(failures);
                     tracing::debug!(endpoint = self.endpoint.uri(), %error, retry_in = ?delay, "connect failed");
                     Slot::Backoff {
                         until: Instant::now() + delay,

@@ -55,6 +55,16 @@ impl Default for ClientConfig {
 }
 
 impl ClientConfig {
+    /// How long to wait before the next connection attempt after `failures`
+    /// failed ones: exponential from `backoff_initial`, capped at
+    /// `backoff_max`, ±20% jitter.
+    pub(crate) fn backoff_delay(&self, failures: u32) -> Duration {
+        let exp = self
+            .backoff_initial
+            .saturating_mul(1u32 << failures.min(20));
+        crate::util::jitter(exp.min(self.backoff_max), 0.2)
+    }
+
     pub(crate) fn settings(&self) -> Settings {
         Settings {
             max_message_size: Some(self.max_message.min(u32::MAX as usize) as u32),
@@ -345,10 +355,19 @@ mod tests {
         assert_eq!((&*e.host, e.port), ("::1", 9));
         assert!(Endpoint::new("ftp://x:1").is_err());
         assert_eq!(Endpoint::new("tcp://x:1").unwrap().wire, Wire::Trpc);
-        assert_eq!(Endpoint::new("grpc://x:1").unwrap().wire, Wire::Grpc { tls: false });
-        assert_eq!(Endpoint::new("http://x:1/").unwrap().wire, Wire::Grpc { tls: false });
+        assert_eq!(
+            Endpoint::new("grpc://x:1").unwrap().wire,
+            Wire::Grpc { tls: false }
+        );
+        assert_eq!(
+            Endpoint::new("http://x:1/").unwrap().wire,
+            Wire::Grpc { tls: false }
+        );
         let e = Endpoint::new("https://[::1]:443").unwrap();
-        assert_eq!((e.wire, &*e.host, e.port), (Wire::Grpc { tls: true }, "::1", 443));
+        assert_eq!(
+            (e.wire, &*e.host, e.port),
+            (Wire::Grpc { tls: true }, "::1", 443)
+        );
         assert!(Endpoint::new("x").is_err());
         assert!(Endpoint::new("x:99999").is_err());
         assert!(Endpoint::new(":80").is_err());

@@ -256,11 +256,10 @@ async fn single(body: Body, extensions: &mut http::Extensions) -> Result<Payload
     };
     match body.next().await {
         None => {}
-        Some(Err(e)) if e.code() == Code::Ok => {
-            if !e.metadata().is_empty() {
-                extensions.insert(Trailers(e.metadata().clone()));
-            }
+        Some(Err(e)) if e.code() == Code::Ok && !e.metadata().is_empty() => {
+            extensions.insert(Trailers(e.metadata().clone()));
         }
+        Some(Err(e)) if e.code() == Code::Ok => {}
         Some(Err(e)) => return Err(e),
         Some(Ok(_)) => {
             return Err(Status::invalid_argument(

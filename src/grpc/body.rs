@@ -60,7 +60,10 @@ where
 
     /// The next message; at the end, on the client side, the status from
     /// the trailers (the stream convention of [`crate::stream`]).
-    pub(crate) fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, Status>>> {
+    pub(crate) fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Payload, Status>>> {
         loop {
             if self.done {
                 return Poll::Ready(None);
@@ -147,7 +150,9 @@ pub(crate) fn body_error(e: BoxError, side: Side) -> Status {
     };
     let text = e.to_string();
     match h2_reason(&*e) {
-        Some(h2::Reason::CANCEL) => Status::cancelled(format!("the peer cancelled the stream: {text}")),
+        Some(h2::Reason::CANCEL) => {
+            Status::cancelled(format!("the peer cancelled the stream: {text}"))
+        }
         Some(h2::Reason::REFUSED_STREAM) => {
             Status::unavailable(format!("the peer refused the stream: {text}")).with_refused(true)
         }
@@ -175,7 +180,11 @@ pub(crate) struct Prepend<B> {
 }
 
 impl<B> Prepend<B> {
-    pub(crate) fn new(first: Option<Payload>, second: Option<Payload>, rest: MessageStream<B>) -> Self {
+    pub(crate) fn new(
+        first: Option<Payload>,
+        second: Option<Payload>,
+        rest: MessageStream<B>,
+    ) -> Self {
         Prepend {
             head: [first, second],
             rest,
@@ -221,7 +230,10 @@ impl Guarded {
     }
 
     /// The next message, or the end of the stream (see [`crate::stream`]).
-    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, Status>>> {
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Payload, Status>>> {
         if self.done {
             return Poll::Ready(None);
         }

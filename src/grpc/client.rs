@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use h2::client::SendRequest;
 use http::header::{CONTENT_TYPE, TE, USER_AGENT};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
-use h2::client::SendRequest;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -38,7 +38,7 @@ use crate::codec::codec_name;
 use crate::metadata::MetadataMap;
 use crate::request::{Request, Response};
 use crate::status::{Code, Status};
-use crate::util::{fmt_duration, jitter};
+use crate::util::fmt_duration;
 
 /// How often a refused call is re-sent.
 const REFUSED_RETRIES: u8 = 2;
@@ -67,8 +67,12 @@ impl Conn {
 }
 
 enum Slot {
-    Empty { failures: u32 },
-    Connecting { failures: u32 },
+    Empty {
+        failures: u32,
+    },
+    Connecting {
+        failures: u32,
+    },
     Ready(Conn),
     Backoff {
         until: Instant,
@@ -176,11 +180,7 @@ impl GrpcClient {
             *slot = match result {
                 Ok(conn) => Slot::Ready(conn),
                 Err(error) => {
-                    let cfg = &self.endpoint.config;
-                    let exp = cfg
-                        .backoff_initial
-                        .saturating_mul(1u32 << failures.min(20));
-                    let delay = jitter(exp.min(cfg.backoff_max), 0.2);
+                    let delay = self.endpoint.config.backoff_delay(failures);
                     tracing::debug!(endpoint = self.endpoint.uri(), %error, retry_in = ?delay, "gRPC connect failed");
                     Slot::Backoff {
                         until: Instant::now() + delay,
@@ -264,7 +264,10 @@ impl GrpcClient {
     }
 
     /// One call, re-sent if the server refuses it unprocessed.
-    pub(crate) async fn call(self: Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, Status> {
+    pub(crate) async fn call(
+        self: Arc<Self>,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, Status> {
         if req.deadline().is_none() {
             if let Some(t) = self.endpoint.config.timeout {
                 req.set_timeout(t);
@@ -275,7 +278,11 @@ impl GrpcClient {
             let mut req = req;
             let mut tries = 0;
             loop {
-                let replay = if tries < REFUSED_RETRIES { req.try_clone() } else { None };
+                let replay = if tries < REFUSED_RETRIES {
+                    req.try_clone()
+                } else {
+                    None
+                };
                 match self.attempt(req, deadline).await {
                     Err(e) if e.is_refused() && replay.is_some() => {
                         tries += 1;
@@ -287,11 +294,13 @@ impl GrpcClient {
             }
         };
         match deadline {
-            Some(d) => tokio::time::timeout_at(d, attempts).await.unwrap_or_else(|_| {
-                Err(Status::deadline_exceeded(
-                    "deadline exceeded while waiting for the response",
-                ))
-            }),
+            Some(d) => tokio::time::timeout_at(d, attempts)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(
+                        "deadline exceeded while waiting for the response",
+                    ))
+                }),
             None => attempts.await,
         }
     }
@@ -415,7 +424,9 @@ where
     tokio::spawn(async move {
         let alive = async {
             match (keepalive, pings) {
-                (Some((interval, timeout)), Some(pings)) => keep_alive(pings, interval, timeout).await,
+                (Some((interval, timeout)), Some(pings)) => {
+                    keep_alive(pings, interval, timeout).await
+                }
                 _ => std::future::pending().await,
             }
         };
@@ -434,7 +445,11 @@ where
 
 /// PINGs every `interval`; returns when an answer does not come within
 /// `timeout` (the connection is then dropped).
-async fn keep_alive(mut pings: h2::PingPong, interval: std::time::Duration, timeout: std::time::Duration) -> &'static str {
+async fn keep_alive(
+    mut pings: h2::PingPong,
+    interval: std::time::Duration,
+    timeout: std::time::Duration,
+) -> &'static str {
     loop {
         tokio::time::sleep(interval).await;
         if pings.send_ping(h2::Ping::opaque()).is_err() {
@@ -479,7 +494,11 @@ async fn pump(mut body: Body, mut tx: h2::SendStream<Bytes>, max_send: usize) {
     while let Some(item) = body.next().await {
         match item {
             Ok(p) if p.len() > max_send => {
-                tracing::debug!(len = p.len(), max_send, "request message too large; cancelling the call");
+                tracing::debug!(
+                    len = p.len(),
+                    max_send,
+                    "request message too large; cancelling the call"
+                );
                 tx.send_reset(h2::Reason::CANCEL);
                 return;
             }
@@ -608,7 +627,9 @@ async fn response(
             match st.poll_message(cx) {
                 Poll::Ready(Some(Ok(p))) if first.is_none() => first = Some(p),
                 Poll::Ready(Some(Ok(p))) => {
-                    let rest = stream.take().map(|s| Prepend::new(first.take(), Some(p), s));
+                    let rest = stream
+                        .take()
+                        .map(|s| Prepend::new(first.take(), Some(p), s));
                     return Poll::Ready(Ok(rest.map(Body::stream).unwrap_or_default()));
                 }
                 // Trailers stay at the end of the stream, where both a typed
@@ -620,10 +641,7 @@ async fn response(
                 Poll::Ready(Some(Err(s))) => {
                     return Poll::Ready(match first.take() {
                         None => Err(s),
-                        Some(p) => Ok(Body::stream(futures_util::stream::iter([
-                            Ok(p),
-                            Err(s),
-                        ]))),
+                        Some(p) => Ok(Body::stream(futures_util::stream::iter([Ok(p), Err(s)]))),
                     })
                 }
                 Poll::Ready(None) => {

@@ -13,8 +13,7 @@ use super::status::{b64_decode, b64_encode};
 use crate::metadata::{is_binary_key, MetadataMap};
 
 pub(crate) const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
-pub(crate) const GRPC_ACCEPT_ENCODING: HeaderName =
-    HeaderName::from_static("grpc-accept-encoding");
+pub(crate) const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
 pub(crate) const TRPC_ENCODING: &str = "trpc-encoding";
 pub(crate) const TRPC_ACCEPT_ENCODING: &str = "trpc-accept-encoding";
 
@@ -58,7 +57,9 @@ pub(crate) fn read(headers: &HeaderMap, md: &mut MetadataMap) {
         };
         match res {
             Some(Ok(())) => {}
-            Some(Err(e)) => tracing::debug!(header = key, error = %e, "header is not valid metadata; skipped"),
+            Some(Err(e)) => {
+                tracing::debug!(header = key, error = %e, "header is not valid metadata; skipped")
+            }
             None => tracing::debug!(header = key, "header value is not valid metadata; skipped"),
         }
     }

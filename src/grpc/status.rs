@@ -78,7 +78,10 @@ pub(crate) fn b64_encode(v: &[u8]) -> String {
 
 /// Decodes a `-bin` value (padded or not).
 pub(crate) fn b64_decode(v: &[u8]) -> Option<Bytes> {
-    let v = v.strip_suffix(b"==").or_else(|| v.strip_suffix(b"=")).unwrap_or(v);
+    let v = v
+        .strip_suffix(b"==")
+        .or_else(|| v.strip_suffix(b"="))
+        .unwrap_or(v);
     base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(v)
         .ok()
@@ -122,7 +125,10 @@ pub(crate) fn read(headers: &HeaderMap) -> Option<Status> {
         .map(|v| percent_decode(v.as_bytes()))
         .unwrap_or_default();
     let mut status = Status::new(code, message);
-    if let Some(details) = headers.get(&GRPC_DETAILS).and_then(|v| b64_decode(v.as_bytes())) {
+    if let Some(details) = headers
+        .get(&GRPC_DETAILS)
+        .and_then(|v| b64_decode(v.as_bytes()))
+    {
         status = status.with_details(details);
     }
     let mut md = MetadataMap::new();

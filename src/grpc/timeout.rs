@@ -72,7 +72,15 @@ mod tests {
         assert_eq!(parse(b"250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse(b"7u"), Some(Duration::from_micros(7)));
         assert_eq!(parse(b"99999999n"), Some(Duration::from_nanos(99_999_999)));
-        for bad in [&b""[..], b"m", b"123456789m", b"12x", b"-1S", b"1.5S", b"10"] {
+        for bad in [
+            &b""[..],
+            b"m",
+            b"123456789m",
+            b"12x",
+            b"-1S",
+            b"1.5S",
+            b"10",
+        ] {
             assert_eq!(parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

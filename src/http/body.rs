@@ -127,13 +127,13 @@ impl GrpcBody {
         }
         let status = match self.body.poll_next(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Ok(p))) if p.len() > self.max_send => Status::resource_exhausted(
-                format!(
+            Poll::Ready(Some(Ok(p))) if p.len() > self.max_send => {
+                Status::resource_exhausted(format!(
                     "response message of {} bytes exceeds the limit of {} bytes",
                     p.len(),
                     self.max_send
-                ),
-            ),
+                ))
+            }
             Poll::Ready(Some(Ok(p))) => {
                 let (first, rest) = codec::encode(p);
                 self.pending = rest;
@@ -210,8 +210,8 @@ impl NdjsonBody {
 }
 
 fn error_line(s: &Status) -> Bytes {
-    let mut v = serde_json::to_vec(&serde_json::json!({ "error": error_json(s) }))
-        .unwrap_or_default();
+    let mut v =
+        serde_json::to_vec(&serde_json::json!({ "error": error_json(s) })).unwrap_or_default();
     v.push(b'\n');
     Bytes::from(v)
 }
@@ -232,5 +232,4 @@ pub(crate) fn error_json(s: &Status) -> serde_json::Value {
 /// The `content-type` of JSON replies.
 pub(crate) const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// The `content-type` of streamed JSON replies.
-pub(crate) const APPLICATION_NDJSON: HeaderValue =
-    HeaderValue::from_static("application/x-ndjson");
+pub(crate) const APPLICATION_NDJSON: HeaderValue = HeaderValue::from_static("application/x-ndjson");

@@ -65,7 +65,9 @@ use tower_service::Service;
 use crate::body::{Body, Payload};
 use crate::client::Trailers;
 use crate::codec::set_codec_name;
-use crate::grpc::body::{body_error, deadline_status, panicked, Guarded, MessageStream, Prepend, Side};
+use crate::grpc::body::{
+    body_error, deadline_status, panicked, Guarded, MessageStream, Prepend, Side,
+};
 use crate::grpc::{metadata, status as grpc_status, timeout};
 use crate::request::{Method, Protocol, Request, Response};
 use crate::status::{BoxError, Status};
@@ -339,9 +341,25 @@ where
                 ctx.reply = Reply::Grpc(ct.clone());
                 (Protocol::Grpc, grpc_codec(ct.as_bytes()))
             }
-            Some(_) => return done(ctx, plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "gRPC is not served here\n")),
+            Some(_) => {
+                return done(
+                    ctx,
+                    plain(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "gRPC is not served here\n",
+                    ),
+                )
+            }
             None if cfg.json => (Protocol::Http, Some("json")),
-            None => return done(ctx, plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "this endpoint serves gRPC only\n")),
+            None => {
+                return done(
+                    ctx,
+                    plain(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "this endpoint serves gRPC only\n",
+                    ),
+                )
+            }
         };
         if parts.method != http::Method::POST {
             let status = Status::unimplemented(format!(
@@ -480,7 +498,10 @@ fn error_response(ctx: &CallCtx, status: Status) -> http::Response<HttpBody> {
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let h = r.headers_mut();
             h.insert(CONTENT_TYPE, APPLICATION_JSON);
-            h.insert(grpc_status::GRPC_STATUS, grpc_status::code_value(status.code()));
+            h.insert(
+                grpc_status::GRPC_STATUS,
+                grpc_status::code_value(status.code()),
+            );
             metadata::write(status.metadata(), h);
             r
         }
@@ -560,7 +581,10 @@ where
                     first,
                 } => {
                     let Some(st) = stream.as_mut() else {
-                        return Poll::Ready(Ok(error_response(this.ctx, Status::internal("polled after completion"))));
+                        return Poll::Ready(Ok(error_response(
+                            this.ctx,
+                            Status::internal("polled after completion"),
+                        )));
                     };
                     let body = loop {
                         match st.poll_message(cx) {
@@ -583,7 +607,10 @@ where
                             // request then reaches the handler whole).
                             Poll::Pending if first.is_none() && st.mid_message() => {
                                 if deadline_passed(this.ctx, cx) {
-                                    return Poll::Ready(Ok(error_response(this.ctx, deadline_status())));
+                                    return Poll::Ready(Ok(error_response(
+                                        this.ctx,
+                                        deadline_status(),
+                                    )));
                                 }
                                 return Poll::Pending;
                             }
@@ -597,10 +624,16 @@ where
                     match (svc.take(), req.take(), body) {
                         (Some(svc), Some(mut req), Some(body)) => {
                             *req.get_mut() = body;
-                            State::Ready { svc, req: Some(req) }
+                            State::Ready {
+                                svc,
+                                req: Some(req),
+                            }
                         }
                         _ => State::Done {
-                            resp: Some(error_response(this.ctx, Status::internal("polled after completion"))),
+                            resp: Some(error_response(
+                                this.ctx,
+                                Status::internal("polled after completion"),
+                            )),
                         },
                     }
                 }
@@ -647,10 +680,16 @@ where
                     match (svc.take(), req.take()) {
                         (Some(svc), Some(mut req)) => {
                             *req.get_mut() = Body::once(Payload::new(bytes));
-                            State::Ready { svc, req: Some(req) }
+                            State::Ready {
+                                svc,
+                                req: Some(req),
+                            }
                         }
                         _ => State::Done {
-                            resp: Some(error_response(this.ctx, Status::internal("polled after completion"))),
+                            resp: Some(error_response(
+                                this.ctx,
+                                Status::internal("polled after completion"),
+                            )),
                         },
                     }
                 }

@@ -495,9 +495,7 @@ async fn serve_tls<S>(
                     crate::grpc::server::serve_h1(io, peer, svc, cfg, shutdown, force, Some(ext))
                         .await
                 }
-                _ => {
-                    accept::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext)).await
-                }
+                _ => accept::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext)).await,
             }
         }
         Ok(None) => {}

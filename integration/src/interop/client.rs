@@ -142,7 +142,8 @@ fn feed<T: Send + 'static>() -> (
     impl futures_util::Stream<Item = T> + Send + 'static,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel::<T>(8);
-    let s = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let s =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     (tx, s)
 }
 
@@ -161,7 +162,10 @@ pub async fn run(case: &str, channel: Channel) -> Result<(), String> {
 }
 
 async fn run_one(case: &str, c: Clients) -> Result<(), String> {
-    let Clients { mut plain, mut gzip } = c;
+    let Clients {
+        mut plain,
+        mut gzip,
+    } = c;
     let err = |s: Status| s.to_string();
     match case {
         "empty_unary" => {
@@ -213,17 +217,25 @@ async fn run_one(case: &str, c: Clients) -> Result<(), String> {
                 .map_err(err)?
                 .into_inner();
             for n in sizes {
-                let m = s.message().await.map_err(err)?.ok_or("stream ended early")?;
+                let m = s
+                    .message()
+                    .await
+                    .map_err(err)?
+                    .ok_or("stream ended early")?;
                 zeros_of(&m.payload, n as usize)?;
             }
-            check(s.message().await.map_err(err)?.is_none(), || "more replies than asked".into())?;
+            check(s.message().await.map_err(err)?.is_none(), || {
+                "more replies than asked".into()
+            })?;
         }
         "ping_pong" => {
             // The first request goes out with the call: a server may hold
             // its response headers until it has read one (grpcio does).
             let pings = [(31_415, 27_182), (9, 8), (2_653, 1_828), (58_979, 45_904)];
             let (tx, reqs) = feed();
-            tx.send(ping(pings[0].0, pings[0].1)).await.map_err(|e| e.to_string())?;
+            tx.send(ping(pings[0].0, pings[0].1))
+                .await
+                .map_err(|e| e.to_string())?;
             let mut s = plain
                 .bidi_streaming::<_, StreamingOutputCallResponse, _>(
                     method("FullDuplexCall"),
@@ -234,14 +246,22 @@ async fn run_one(case: &str, c: Clients) -> Result<(), String> {
                 .into_inner();
             for (i, (resp, _)) in pings.iter().enumerate() {
                 if i > 0 {
-                    tx.send(ping(pings[i].0, pings[i].1)).await.map_err(|e| e.to_string())?;
+                    tx.send(ping(pings[i].0, pings[i].1))
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
                 let resp = *resp;
-                let m = s.message().await.map_err(err)?.ok_or("stream ended early")?;
+                let m = s
+                    .message()
+                    .await
+                    .map_err(err)?
+                    .ok_or("stream ended early")?;
                 zeros_of(&m.payload, resp as usize)?;
             }
             drop(tx);
-            check(s.message().await.map_err(err)?.is_none(), || "more replies than asked".into())?;
+            check(s.message().await.map_err(err)?.is_none(), || {
+                "more replies than asked".into()
+            })?;
         }
         "empty_stream" => {
             let reqs = futures_util::stream::empty::<StreamingOutputCallRequest>();
@@ -253,7 +273,9 @@ async fn run_one(case: &str, c: Clients) -> Result<(), String> {
                 .await
                 .map_err(err)?
                 .into_inner();
-            check(s.message().await.map_err(err)?.is_none(), || "a reply to nothing".into())?;
+            check(s.message().await.map_err(err)?.is_none(), || {
+                "a reply to nothing".into()
+            })?;
         }
         "custom_metadata" => {
             fn with_md<T>(req: T) -> Request<T> {
@@ -268,9 +290,10 @@ async fn run_one(case: &str, c: Clients) -> Result<(), String> {
                 check(initial == Some("test_initial_metadata_value"), || {
                     format!("initial metadata {initial:?}")
                 })?;
-                check(trailing.map(|b| &b[..]) == Some(&[0xab, 0xab, 0xab][..]), || {
-                    format!("trailing metadata {trailing:?}")
-                })
+                check(
+                    trailing.map(|b| &b[..]) == Some(&[0xab, 0xab, 0xab][..]),
+                    || format!("trailing metadata {trailing:?}"),
+                )
             };
             let r = plain
                 .unary::<_, SimpleResponse>(method("UnaryCall"), with_md(large()))
@@ -294,7 +317,9 @@ async fn run_one(case: &str, c: Clients) -> Result<(), String> {
             let mut s = resp.into_inner();
             let m = s.message().await.map_err(err)?.ok_or("no reply")?;
             zeros_of(&m.payload, 314_159)?;
-            check(s.message().await.map_err(err)?.is_none(), || "extra reply".into())?;
+            check(s.message().await.map_err(err)?.is_none(), || {
+                "extra reply".into()
+            })?;
             check_md(
                 initial.as_deref(),
                 s.trailers().and_then(|t| t.get_bin(ECHO_TRAILING)),
@@ -346,7 +371,10 @@ async fn run_one(case: &str, c: Clients) -> Result<(), String> {
         }
         "unimplemented_service" => {
             let r = plain
-                .unary_message::<_, Empty>("grpc.testing.UnimplementedService/UnimplementedCall", Empty {})
+                .unary_message::<_, Empty>(
+                    "grpc.testing.UnimplementedService/UnimplementedCall",
+                    Empty {},
+                )
                 .await;
             expect_code(r, Code::Unimplemented, None)?;
         }
@@ -380,7 +408,9 @@ async fn run_one(case: &str, c: Clients) -> Result<(), String> {
         }
         "cancel_after_first_response" => {
             let (tx, reqs) = feed();
-            tx.send(ping(31_415, 27_182)).await.map_err(|e| e.to_string())?;
+            tx.send(ping(31_415, 27_182))
+                .await
+                .map_err(|e| e.to_string())?;
             let mut s = plain
                 .bidi_streaming::<_, StreamingOutputCallResponse, _>(
                     method("FullDuplexCall"),

@@ -53,8 +53,14 @@ pub fn router() -> Router {
             &m("StreamingInputCall"),
             client_streaming(streaming_input_call).codec(Proto),
         )
-        .route(&m("FullDuplexCall"), bidi_streaming(full_duplex_call).codec(Proto))
-        .route(&m("HalfDuplexCall"), bidi_streaming(half_duplex_call).codec(Proto))
+        .route(
+            &m("FullDuplexCall"),
+            bidi_streaming(full_duplex_call).codec(Proto),
+        )
+        .route(
+            &m("HalfDuplexCall"),
+            bidi_streaming(half_duplex_call).codec(Proto),
+        )
 }
 
 /// Serves the interop service on `listener` until `signal` completes:
@@ -85,7 +91,11 @@ fn mark_compressed(req: Request<Body>) -> Request<Body> {
 }
 
 fn compress_reply(resp: Response<Body>) -> Response<Body> {
-    if !resp.extensions().get::<CompressReply>().is_some_and(|c| c.0) {
+    if !resp
+        .extensions()
+        .get::<CompressReply>()
+        .is_some_and(|c| c.0)
+    {
         return resp;
     }
     let (mut md, ext, body) = resp.into_parts();
@@ -129,7 +139,10 @@ fn echo_trailing(from: &MetadataMap) -> Option<MetadataMap> {
 
 fn requested_status(s: &Option<EchoStatus>) -> Option<Status> {
     let s = s.as_ref().filter(|s| s.code != 0)?;
-    Some(Status::new(Code::from_u32(s.code as u32), s.message.clone()))
+    Some(Status::new(
+        Code::from_u32(s.code as u32),
+        s.message.clone(),
+    ))
 }
 
 async fn empty_call(req: Request<Empty>) -> Result<Response<Empty>, Status> {
@@ -173,10 +186,13 @@ async fn unary_call(req: Request<SimpleRequest>) -> Result<Response<SimpleRespon
     Ok(resp)
 }
 
-type Replies = std::pin::Pin<Box<dyn Stream<Item = Result<StreamingOutputCallResponse, Status>> + Send>>;
+type Replies =
+    std::pin::Pin<Box<dyn Stream<Item = Result<StreamingOutputCallResponse, Status>> + Send>>;
 
 /// The replies a request asks for, each after its interval.
-fn replies(params: Vec<ResponseParameters>) -> impl Stream<Item = Result<StreamingOutputCallResponse, Status>> {
+fn replies(
+    params: Vec<ResponseParameters>,
+) -> impl Stream<Item = Result<StreamingOutputCallResponse, Status>> {
     futures_util::stream::iter(params).then(|p| async move {
         if p.interval_us > 0 {
             tokio::time::sleep(Duration::from_micros(p.interval_us as u64)).await;
@@ -188,7 +204,9 @@ fn replies(params: Vec<ResponseParameters>) -> impl Stream<Item = Result<Streami
 }
 
 /// The end of a streamed reply: the echoed trailers (if any).
-fn ending(trailing: Option<MetadataMap>) -> impl Stream<Item = Result<StreamingOutputCallResponse, Status>> {
+fn ending(
+    trailing: Option<MetadataMap>,
+) -> impl Stream<Item = Result<StreamingOutputCallResponse, Status>> {
     futures_util::stream::iter(trailing.map(|t| Err(Status::ok_with_trailers(t))))
 }
 

@@ -150,7 +150,8 @@ impl H2Peer {
     pub(crate) async fn read_frame(&mut self, deadline: Instant) -> Option<RawFrame> {
         loop {
             if self.rbuf.len() >= 9 {
-                let len = u32::from_be_bytes([0, self.rbuf[0], self.rbuf[1], self.rbuf[2]]) as usize;
+                let len =
+                    u32::from_be_bytes([0, self.rbuf[0], self.rbuf[1], self.rbuf[2]]) as usize;
                 if self.rbuf.len() >= 9 + len {
                     let kind = self.rbuf[3];
                     let flags = self.rbuf[4];
