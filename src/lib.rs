@@ -53,6 +53,7 @@ pub mod frame;
 pub mod grpc;
 pub mod http;
 pub mod metadata;
+mod proto;
 pub mod request;
 pub mod server;
 pub mod stats;

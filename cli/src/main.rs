@@ -25,7 +25,7 @@ use tls::TlsArgs;
 #[command(
     name = "trpc",
     version,
-    about = "Call, check and load-test trpc services"
+    about = "Call trpc services from the command line"
 )]
 struct Cli {
     #[command(subcommand)]

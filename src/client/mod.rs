@@ -2,8 +2,10 @@
 //! typed calls.
 
 mod channel;
+mod connect;
 mod connection;
 pub(crate) mod endpoint;
+mod role;
 mod typed;
 
 pub use channel::{Channel, ResponseFuture};

@@ -94,6 +94,7 @@ where
         Box::pin(async move {
             let which = pick_codec(&codecs, &req)?;
             let (parts, body) = req.into_parts();
+            crate::stream::hold_request_credit(&parts.extensions);
             let payload = match body.into_once() {
                 Ok(p) => p,
                 Err(body) => body.into_single().await?,
@@ -257,6 +258,7 @@ streaming_handler! {
     req: Req, resp: S,
     generics: [S], bounds: [S: Stream<Item = Result<Resp, Status>> + Send + 'static,],
     call: |codecs, which, parts, body| {
+        crate::stream::hold_request_credit(&parts.extensions);
         let payload = match body.into_once() {
             Ok(p) => p,
             Err(body) => body.into_single().await?,
