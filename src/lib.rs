@@ -48,6 +48,7 @@ pub mod body;
 pub mod client;
 pub mod codec;
 pub mod frame;
+pub mod health;
 pub mod metadata;
 pub mod request;
 pub mod server;

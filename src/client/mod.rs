@@ -4,6 +4,7 @@
 mod channel;
 mod connection;
 mod endpoint;
+mod load;
 mod typed;
 
 pub use channel::{Channel, ResponseFuture};

@@ -73,6 +73,7 @@ pub(crate) struct ServerConfig {
     pub(crate) connection_window: u32,
     pub(crate) stream_idle_timeout: Duration,
     pub(crate) stats: Option<Arc<crate::stats::TransportStats>>,
+    pub(crate) health: Option<crate::health::HealthReporter>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ServerTls>,
 }
@@ -99,6 +100,7 @@ impl Default for ServerConfig {
             connection_window: frame::DEFAULT_CONNECTION_WINDOW,
             stream_idle_timeout: Duration::from_secs(300),
             stats: None,
+            health: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -296,6 +298,13 @@ impl<L> Server<L> {
         self
     }
 
+    /// Marks every service of `reporter` `NOT_SERVING` as soon as graceful
+    /// shutdown starts, before GOAWAY is sent (see [`crate::health`]).
+    pub fn health(mut self, reporter: crate::health::HealthReporter) -> Self {
+        self.config.health = Some(reporter);
+        self
+    }
+
     /// Serves one already accepted plaintext connection (any byte stream, e.g.
     /// `tokio::io::duplex`) with this server's limits and layers until it
     /// closes. For tests and fuzzing (`fuzz/`): no TLS, no connection limit,
@@ -414,6 +423,9 @@ impl<L> Server<L> {
             });
         }
         drop(listener);
+        if let Some(health) = &cfg.health {
+            health.shutdown();
+        }
         let in_flight = open.load(Ordering::Relaxed);
         tracing::info!(
             connections = in_flight,
