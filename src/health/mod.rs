@@ -90,7 +90,8 @@ impl Entry {
     fn set(&mut self, status: Option<ServingStatus>) {
         self.status = status;
         let seen = status.unwrap_or(ServingStatus::ServiceUnknown);
-        self.tx.send_if_modified(|s| std::mem::replace(s, seen) != seen);
+        self.tx
+            .send_if_modified(|s| std::mem::replace(s, seen) != seen);
     }
 }
 
@@ -259,7 +260,8 @@ impl fmt::Debug for HealthReporter {
     }
 }
 
-type WatchStream = std::pin::Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+type WatchStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
 /// The current status at once, then every change, until the caller hangs up.
 fn watch_stream(rx: watch::Receiver<ServingStatus>) -> WatchStream {

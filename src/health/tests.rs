@@ -10,7 +10,12 @@ use crate::body::{Body, Payload};
 use crate::codec::set_codec_name;
 use crate::Code;
 
-async fn call(router: &Router, method: &'static str, body: Bytes, proto: bool) -> Result<Body, Status> {
+async fn call(
+    router: &Router,
+    method: &'static str,
+    body: Bytes,
+    proto: bool,
+) -> Result<Body, Status> {
     let mut req = Request::new(Body::once(Payload::new(body))).with_method(method);
     if proto {
         set_codec_name(req.metadata_mut(), "proto");
@@ -35,7 +40,9 @@ async fn check_answers_the_status_in_protobuf_and_json() {
     health.set_not_serving("echo.Echo");
     let router = health.router();
 
-    let body = call(&router, CHECK_METHOD, proto_request(""), true).await.unwrap();
+    let body = call(&router, CHECK_METHOD, proto_request(""), true)
+        .await
+        .unwrap();
     let reply = HealthCheckResponse::decode(body.into_single().await.unwrap().bytes).unwrap();
     assert_eq!(reply.serving_status(), ServingStatus::Serving);
 
@@ -59,10 +66,14 @@ async fn watch_streams_the_current_status_then_every_change() {
     let health = HealthReporter::new();
     health.set_serving("a");
     let router = health.router();
-    let mut body = call(&router, WATCH_METHOD, proto_request("a"), true).await.unwrap();
+    let mut body = call(&router, WATCH_METHOD, proto_request("a"), true)
+        .await
+        .unwrap();
     async fn next(body: &mut Body) -> ServingStatus {
         let p = body.next().await.unwrap().unwrap();
-        HealthCheckResponse::decode(p.bytes).unwrap().serving_status()
+        HealthCheckResponse::decode(p.bytes)
+            .unwrap()
+            .serving_status()
     }
     assert_eq!(next(&mut body).await, ServingStatus::Serving);
     health.set_not_serving("a");
