@@ -386,6 +386,12 @@ impl Registration {
         *self.registered.borrow()
     }
 
+    /// A receiver of the registration state (true while the key is written
+    /// with a live lease).
+    pub fn watch_registered(&self) -> watch::Receiver<bool> {
+        self.registered.clone()
+    }
+
     /// Waits until the key has been written.
     pub async fn registered(&mut self) {
         let _ = self.registered.wait_for(|r| *r).await;
