@@ -7,6 +7,8 @@
 //! * `grpc.health.v1.Health/Watch` streams the current status at once, then
 //!   every change. A service nobody registered streams `SERVICE_UNKNOWN` and
 //!   keeps watching: it streams the real status once the service is set.
+//!   When the server shuts down the stream sends `NOT_SERVING` and ends, so
+//!   open watches do not hold up the drain.
 //!
 //! Both accept protobuf (`trpc-codec: proto`, the messages of
 //! `grpc/health/v1/health.proto`: [`HealthCheckRequest`], [`HealthCheckResponse`])
@@ -169,6 +171,24 @@ impl HealthReporter {
         self.status("") == Some(ServingStatus::Serving)
     }
 
+    /// Readiness for an admin `/readyz` endpoint: `Ok` while the whole server
+    /// (`""`) is `SERVING`, else why not.
+    ///
+    /// ```
+    /// let health = trpc::health::HealthReporter::new();
+    /// assert_eq!(health.readiness(), Ok(()));
+    /// health.shutdown();
+    /// assert_eq!(health.readiness(), Err("shutting down".to_string()));
+    /// ```
+    pub fn readiness(&self) -> Result<(), String> {
+        match self.status("") {
+            Some(ServingStatus::Serving) => Ok(()),
+            _ if self.is_shut_down() => Err("shutting down".to_string()),
+            Some(s) => Err(format!("server is {s}")),
+            None => Err("server status cleared".to_string()),
+        }
+    }
+
     /// Every registered service and its status, sorted by name.
     pub fn statuses(&self) -> Vec<(String, ServingStatus)> {
         let mut all: Vec<_> = self
@@ -189,6 +209,9 @@ impl HealthReporter {
         for e in services.values_mut() {
             if e.status.is_some() {
                 e.set(Some(ServingStatus::NotServing));
+            } else {
+                // Wakes the watchers of unknown services so their streams end.
+                e.tx.send_modify(|_| ());
             }
         }
     }
@@ -247,7 +270,7 @@ impl HealthReporter {
 
     fn watch(&self, service: &str) -> Result<Response<WatchStream>, Status> {
         let rx = self.subscribe(service)?;
-        Ok(Response::new(watch_stream(rx)))
+        Ok(Response::new(watch_stream(rx, self.shared.clone())))
     }
 }
 
@@ -263,16 +286,22 @@ impl fmt::Debug for HealthReporter {
 type WatchStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
-/// The current status at once, then every change, until the caller hangs up.
-fn watch_stream(rx: watch::Receiver<ServingStatus>) -> WatchStream {
+/// The current status at once, then every change, until the caller hangs up
+/// or the server shuts down: then the stream sends its last status
+/// (`NOT_SERVING`) and ends, so it does not hold up the drain.
+fn watch_stream(rx: watch::Receiver<ServingStatus>, shared: Arc<Shared>) -> WatchStream {
     Box::pin(futures_util::stream::unfold(
-        (rx, true),
-        |(mut rx, first)| async move {
-            if !first && rx.changed().await.is_err() {
-                return None;
+        (rx, true, false),
+        move |(mut rx, first, last_sent)| {
+            let shared = shared.clone();
+            async move {
+                if last_sent || (!first && rx.changed().await.is_err()) {
+                    return None;
+                }
+                let status = *rx.borrow_and_update();
+                let last = shared.shut_down.load(Ordering::Acquire);
+                Some((Ok(HealthCheckResponse::new(status)), (rx, false, last)))
             }
-            let status = *rx.borrow_and_update();
-            Some((Ok(HealthCheckResponse::new(status)), (rx, false)))
         },
     ))
 }
