@@ -1,43 +1,56 @@
 //! `trpc call`: one call with a JSON request; the reply (or each message of a
-//! streamed reply) printed as JSON.
+//! streamed reply) printed as JSON. With `--repeat N`, N calls and a tally of
+//! the replies per `served-by` (the replica that answered).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tower::ServiceExt;
-use trpc::{Body, Endpoint, Payload, Request, Status};
+use trpc::{Body, Payload, Request, Status};
 
+use crate::target::{self, Policy};
 use crate::tls::TlsArgs;
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn call(
+/// The arguments of `trpc call`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct CallArgs {
+    /// Target: host:port, tcp://host:port, static://a:1,b:2, dns://host:port
+    /// or etcd://host:port/name.
     addr: String,
+    /// Method: package.Service/Method.
     method: String,
+    /// Request as JSON (default `{}`); `-` reads it from stdin.
     json: Option<String>,
+    /// Deadline for each call, e.g. 500ms, 2s.
+    #[arg(long, value_parser = trpc::util::parse_duration)]
     timeout: Option<Duration>,
+    /// Connect timeout (and, for discovered targets, how long to wait for
+    /// discovery).
+    #[arg(long, value_parser = trpc::util::parse_duration, default_value = "5s")]
     connect_timeout: Duration,
+    /// Request metadata, repeatable: -H key=value.
+    #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
     headers: Vec<String>,
+    /// Print response metadata on stderr.
+    #[arg(short, long)]
     verbose: bool,
-    tls: &TlsArgs,
-) -> Result<(), Status> {
-    let json = match json.as_deref() {
-        None => "{}".to_string(),
-        Some("-") => {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                .map_err(|e| Status::invalid_argument(format!("reading stdin: {e}")))?;
-            s
-        }
-        Some(s) => s.to_string(),
-    };
-    let value: serde_json::Value = serde_json::from_str(&json)
-        .map_err(|e| Status::invalid_argument(format!("request is not valid JSON: {e}")))?;
-    let body = serde_json::to_vec(&value)
-        .map_err(|e| Status::invalid_argument(format!("request JSON: {e}")))?;
+    /// Make N calls and print how many replies each replica (`served-by`
+    /// response metadata) sent, instead of the replies.
+    #[arg(long, value_name = "N")]
+    repeat: Option<u32>,
+    /// Balancing policy for discovered targets.
+    #[arg(long, value_enum, default_value_t)]
+    policy: Policy,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
 
-    let mut req = Request::new(Body::once(Payload::new(Bytes::from(body)))).with_method(method);
-    for h in &headers {
+fn request(args: &CallArgs, body: &Bytes) -> Result<Request<Body>, Status> {
+    let mut req =
+        Request::new(Body::once(Payload::new(body.clone()))).with_method(args.method.clone());
+    for h in &args.headers {
         let (k, v) = h
             .split_once('=')
             .ok_or_else(|| Status::invalid_argument(format!("header {h:?} is not key=value")))?;
@@ -50,13 +63,36 @@ pub(crate) async fn call(
         };
         res.map_err(|e| Status::invalid_argument(e.to_string()))?;
     }
-    if let Some(t) = timeout {
+    if let Some(t) = args.timeout {
         req.set_timeout(t);
     }
-    let endpoint = Endpoint::new(&addr)?.connect_timeout(connect_timeout);
-    let channel = tls.apply(endpoint)?.connect().await?;
-    let resp = channel.oneshot(req).await?;
-    if verbose {
+    Ok(req)
+}
+
+pub(crate) async fn call(args: CallArgs) -> Result<(), Status> {
+    let json = match args.json.as_deref() {
+        None => "{}".to_string(),
+        Some("-") => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| Status::invalid_argument(format!("reading stdin: {e}")))?;
+            s
+        }
+        Some(s) => s.to_string(),
+    };
+    let value: serde_json::Value = serde_json::from_str(&json)
+        .map_err(|e| Status::invalid_argument(format!("request is not valid JSON: {e}")))?;
+    let body = Bytes::from(
+        serde_json::to_vec(&value)
+            .map_err(|e| Status::invalid_argument(format!("request JSON: {e}")))?,
+    );
+    let req = request(&args, &body)?;
+    let svc = target::connect(&args.addr, args.connect_timeout, args.policy, &args.tls).await?;
+    if let Some(n) = args.repeat {
+        return repeat(&args, &body, svc, n).await;
+    }
+    let resp = svc.oneshot(req).await?;
+    if args.verbose {
         for (k, v) in resp.metadata().iter() {
             eprintln!("< {k}: {}", String::from_utf8_lossy(v));
         }
@@ -74,7 +110,7 @@ pub(crate) async fn call(
         match item {
             Ok(payload) => println!("{}", render(&payload.bytes, false)),
             Err(status) if status.is_ok() => {
-                if verbose {
+                if args.verbose {
                     for (k, v) in status.metadata().iter() {
                         eprintln!("< (trailer) {k}: {}", String::from_utf8_lossy(v));
                     }
@@ -85,6 +121,63 @@ pub(crate) async fn call(
         }
     }
     Ok(())
+}
+
+/// `--repeat N`: N calls in sequence; prints the tally of replies per
+/// `served-by` (errors per code). Fails with the last error if any call failed.
+async fn repeat(
+    args: &CallArgs,
+    body: &Bytes,
+    svc: crate::target::TargetService,
+    n: u32,
+) -> Result<(), Status> {
+    let mut tally: BTreeMap<String, u32> = BTreeMap::new();
+    let mut last_error = None;
+    for _ in 0..n {
+        let outcome = async {
+            let resp = svc.clone().oneshot(request(args, body)?).await?;
+            let by = resp
+                .metadata()
+                .get("served-by")
+                .unwrap_or("(no served-by)")
+                .to_string();
+            // Read the whole reply, so a failing stream counts as a failure.
+            let mut reply = resp.into_inner();
+            while let Some(item) = reply.next().await {
+                match item {
+                    Ok(_) => {}
+                    Err(s) if s.is_ok() => break,
+                    Err(s) => return Err(s),
+                }
+            }
+            Ok::<_, Status>(by)
+        }
+        .await;
+        let key = match outcome {
+            Ok(by) => by,
+            Err(e) => {
+                if args.verbose {
+                    eprintln!("{}: {}", e.code().as_str(), e.message());
+                }
+                let key = format!("error {}", e.code().as_str());
+                last_error = Some(e);
+                key
+            }
+        };
+        *tally.entry(key).or_insert(0) += 1;
+    }
+    println!("{n} calls to {}:", args.addr);
+    let width = tally.keys().map(String::len).max().unwrap_or(0);
+    for (by, count) in &tally {
+        println!(
+            "  {by:<width$}  {count:>6}  {:>5.1}%",
+            *count as f64 * 100.0 / n.max(1) as f64
+        );
+    }
+    match last_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// A reply as text: pretty JSON for a single reply, one compact line per

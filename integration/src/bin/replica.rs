@@ -101,8 +101,10 @@ async fn main() -> std::process::ExitCode {
         });
     }
     let propagation = Duration::from_millis(args.propagation);
+    let reporter = health.clone();
     let signal = async move {
         shutdown_signal().await;
+        reporter.shutdown();
         if let Some(r) = registration {
             println!("deregistering");
             r.deregister().await;

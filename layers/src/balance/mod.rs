@@ -25,7 +25,7 @@
 //! | [`BalanceLayer::random`] | uniformly at random |
 //! | [`BalanceLayer::weighted`] | at random in proportion to the discovery `weight`, scaled down by the utilization the server reports ([`crate::load_report`]) |
 //! | [`BalanceLayer::least_outstanding`] | the endpoint with the fewest calls in flight |
-//! | [`BalanceLayer::p2c_peak_ewma`] | the cheaper of two random endpoints; cost = peak-EWMA latency × (calls in flight + 1) × (1 + reported utilization) |
+//! | [`BalanceLayer::p2c_peak_ewma`] | the cheaper of two random endpoints; cost = (peak-EWMA latency + 50 µs) × (calls in flight + 1) × (1 + reported utilization). The latency estimate decays while an endpoint gets no replies, and starts at 0, so new endpoints are tried first |
 //! | [`BalanceLayer::consistent_hash`] | by a key from each request (a closure, or [`BalanceLayer::consistent_hash_by_metadata`]): rendezvous hashing, weighted; when one of N endpoints leaves only its ~1/N of the keys move. Requests without a key go to a random endpoint |
 //!
 //! ## Endpoint life cycle
@@ -353,7 +353,9 @@ impl Balance {
                 ejected: n.is_ejected(now),
                 in_flight: n.in_flight.load(Ordering::Relaxed),
                 completed: n.completed.load(Ordering::Relaxed),
-                latency: Duration::from_nanos(n.latency_ns() as u64),
+                latency: Duration::from_nanos(
+                    n.latency_ns(now, self.shared.config.ewma_decay) as u64
+                ),
                 utilization: n.utilization(),
             })
             .collect()
@@ -403,7 +405,7 @@ impl Shared {
                 Policy::Random => pick::random(&nodes, ok),
                 Policy::Weighted => pick::weighted(&nodes, ok),
                 Policy::LeastOutstanding => pick::least_outstanding(&nodes, ok),
-                Policy::P2cPeakEwma => pick::p2c(&nodes, ok),
+                Policy::P2cPeakEwma => pick::p2c(&nodes, now, self.config.ewma_decay, ok),
                 Policy::ConsistentHash(_) => match key {
                     Some(k) => pick::consistent(&nodes, k, ok),
                     None => pick::random(&nodes, ok),

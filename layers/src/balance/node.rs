@@ -11,8 +11,10 @@ use trpc::Channel;
 use super::outlier::{OutlierDetection, OutlierState};
 use crate::discovery::Instance;
 
-/// The latency assumed for an endpoint before its first reply.
-const DEFAULT_RTT: Duration = Duration::from_millis(5);
+/// Added to every latency estimate in the p2c cost, so that an endpoint
+/// without replies yet (estimate 0) still costs more with each call in
+/// flight: new endpoints are tried first, but not flooded.
+const BASE_COST_NS: f64 = 50_000.0;
 
 pub(crate) struct Node {
     pub(crate) instance: Instance,
@@ -56,7 +58,7 @@ impl Node {
             removed: AtomicBool::new(false),
             utilization: AtomicU64::new(0f64.to_bits()),
             server_in_flight: AtomicU64::new(0),
-            ewma: Mutex::new((DEFAULT_RTT.as_nanos() as f64, Instant::now())),
+            ewma: Mutex::new((0.0, Instant::now())),
             outlier: Mutex::new(OutlierState::default()),
             completed: AtomicU64::new(0),
         }
@@ -89,30 +91,32 @@ impl Node {
         self.healthy.load(Ordering::Relaxed) && !self.is_ejected(now)
     }
 
-    /// The peak-EWMA latency in nanoseconds, decayed toward the default as
-    /// time passes without replies.
-    pub(crate) fn latency_ns(&self) -> f64 {
-        self.ewma.lock().unwrap_or_else(|e| e.into_inner()).0
+    /// The peak-EWMA latency in nanoseconds (0 before the first reply),
+    /// decaying toward 0 while no reply arrives, so an endpoint that was
+    /// slow once is tried again later.
+    pub(crate) fn latency_ns(&self, now: Instant, decay: Duration) -> f64 {
+        let (estimate, stamp) = *self.ewma.lock().unwrap_or_else(|e| e.into_inner());
+        estimate * decay_factor(now.saturating_duration_since(stamp), decay)
     }
 
-    /// The p2c cost: latency × (calls in flight + 1) × (1 + reported utilization).
-    pub(crate) fn cost(&self) -> f64 {
+    /// The p2c cost: (latency + a base) × (calls in flight + 1) × (1 + reported utilization).
+    pub(crate) fn cost(&self, now: Instant, decay: Duration) -> f64 {
         let pending = self.in_flight.load(Ordering::Relaxed) as f64;
-        self.latency_ns() * (pending + 1.0) * (1.0 + self.utilization())
+        (self.latency_ns(now, decay) + BASE_COST_NS) * (pending + 1.0) * (1.0 + self.utilization())
     }
 
     /// Records a reply's round trip: a peak (a slower reply) is taken at once,
-    /// faster replies are averaged in with a weight that decays over `decay`.
+    /// faster replies are averaged in with a weight that grows with the time
+    /// since the last one (`decay` is the time constant).
     pub(crate) fn observe_rtt(&self, rtt: Duration, now: Instant, decay: Duration) {
         let rtt = rtt.as_nanos() as f64;
         let mut ewma = self.ewma.lock().unwrap_or_else(|e| e.into_inner());
-        let (cost, stamp) = *ewma;
-        let next = if rtt > cost {
+        let (estimate, stamp) = *ewma;
+        let next = if rtt > estimate {
             rtt
         } else {
-            let elapsed = now.saturating_duration_since(stamp).as_nanos() as f64;
-            let w = (-elapsed / decay.as_nanos().max(1) as f64).exp();
-            cost * w + rtt * (1.0 - w)
+            let w = decay_factor(now.saturating_duration_since(stamp), decay);
+            estimate * w + rtt * (1.0 - w)
         };
         *ewma = (next, now);
     }
@@ -131,6 +135,11 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .observe(failed, now, config, may_eject)
     }
+}
+
+/// `e^(-elapsed/decay)`.
+fn decay_factor(elapsed: Duration, decay: Duration) -> f64 {
+    (-(elapsed.as_nanos() as f64) / decay.as_nanos().max(1) as f64).exp()
 }
 
 /// Connects `node` in the background until a connection is up (or the node

@@ -138,7 +138,13 @@ pub(crate) fn least_outstanding(nodes: &[Arc<Node>], ok: impl Fn(&Node) -> bool)
         .min_by_key(|&i| nodes[i].in_flight.load(Ordering::Relaxed))
 }
 
-pub(crate) fn p2c(nodes: &[Arc<Node>], ok: impl Fn(&Node) -> bool) -> Option<usize> {
+pub(crate) fn p2c(
+    nodes: &[Arc<Node>],
+    now: Instant,
+    decay: std::time::Duration,
+    ok: impl Fn(&Node) -> bool,
+) -> Option<usize> {
+    let cost = |i: usize| nodes[i].cost(now, decay);
     let n = nodes.len();
     if n == 1 {
         return ok(&nodes[0]).then_some(0);
@@ -150,11 +156,7 @@ pub(crate) fn p2c(nodes: &[Arc<Node>], ok: impl Fn(&Node) -> bool) -> Option<usi
         let b = (a + 1 + random_below(n - 1)) % n;
         match (ok(&nodes[a]), ok(&nodes[b])) {
             (true, true) => {
-                return Some(if nodes[a].cost() <= nodes[b].cost() {
-                    a
-                } else {
-                    b
-                });
+                return Some(if cost(a) <= cost(b) { a } else { b });
             }
             (true, false) => return Some(a),
             (false, true) => return Some(b),
@@ -163,7 +165,7 @@ pub(crate) fn p2c(nodes: &[Arc<Node>], ok: impl Fn(&Node) -> bool) -> Option<usi
     }
     (0..n)
         .filter(|&i| ok(&nodes[i]))
-        .min_by(|&a, &b| nodes[a].cost().total_cmp(&nodes[b].cost()))
+        .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
 }
 
 pub(crate) fn consistent(
