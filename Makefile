@@ -6,18 +6,22 @@ CARGO ?= cargo
 .PHONY: demo test deps fmt fmt-check clippy unit doc-test bench fuzz clean
 
 ## demo: start the echo server, show a reply, a deadline, a status error, metadata and a recovered panic, stop gracefully;
-## then every layer at once (examples/full_stack): a retried call, rejected credentials, compression, /metrics.
-demo:
-	$(CARGO) build --quiet --example echo_server --example full_stack --bin trpc
+## then every layer at once (examples/full_stack): a retried call, rejected credentials, compression, /metrics;
+## then a cluster (examples/cluster): 3 replicas, each balancing policy, one replica killed with nothing failing.
+demo: deps
+	$(CARGO) build --quiet --example echo_server --example full_stack --example cluster --bin trpc
 	./scripts/demo.sh
 
 ## test: formatting, clippy -D warnings, and every unit, doc and integration test.
 test: deps fmt-check clippy unit doc-test
 
 ## deps: system packages the tests need, installed when missing (python3 runs the
-## cross-language client of integration/interop/ against a trpc server).
+## cross-language client of integration/interop/ against a trpc server; etcd-server
+## is the real etcd the discovery tests start; protoc builds etcd-client's protos).
 deps:
 	@command -v python3 >/dev/null 2>&1 || { apt-get update && apt-get install -y python3; }
+	@command -v etcd >/dev/null 2>&1 || { apt-get update && apt-get install -y etcd-server; }
+	@command -v protoc >/dev/null 2>&1 || { apt-get update && apt-get install -y protobuf-compiler; }
 
 fmt:
 	$(CARGO) fmt --all

@@ -74,4 +74,10 @@ for want in "reply \"hello, layers\"" "after 3 attempts" "wrong token   -> UNAUT
   echo "$FS_OUT" | grep -qF "$want" || { echo "full_stack output lacks: $want"; exit 1; }
 done
 
+step "a service by name across replicas: examples/cluster (static registry; --etcd URL for etcd)"
+printf '$ %s\n' "$BIN/examples/cluster --calls 300"
+CL_OUT="$("$BIN/examples/cluster" --calls 300)" || { echo "cluster failed"; echo "$CL_OUT"; exit 1; }
+echo "$CL_OUT"
+echo "$CL_OUT" | grep -q "^failed calls: 0$" || { echo "cluster lost calls"; exit 1; }
+
 step "demo finished"
