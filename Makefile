@@ -41,8 +41,11 @@ doc-test:
 ## bench: trpc vs tonic, tarpc and raw framed TCP, side by side (benches/ is its own
 ## workspace, so `make test` never builds it). BENCH_QUICK=1 for a ~1 minute run;
 ## BENCH_ARGS="--help" for options. The latest table is in docs/PERFORMANCE.md.
-bench:
+## Then `trpc-bench cluster` (BENCH_CLUSTER_ARGS): p2c over 4 replica processes vs one
+## channel, and the time from an etcd change to the balancer (docs/DISCOVERY.md).
+bench: deps
 	$(CARGO) run --release --manifest-path benches/Cargo.toml --bin trpc-bench -- $(BENCH_ARGS)
+	$(CARGO) run --release --manifest-path benches/Cargo.toml --bin trpc-bench -- cluster $(BENCH_CLUSTER_ARGS)
 
 ## fuzz: run each fuzz target (fuzz/, cargo-fuzz on stable, no sanitizer) for
 ## FUZZ_SECONDS (default 60), starting from fuzz/corpus and the checked-in seeds.

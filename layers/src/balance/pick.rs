@@ -46,7 +46,7 @@ pub(crate) fn rendezvous(
 }
 
 fn random_below(n: usize) -> usize {
-    ((random_u64() >> 32) * n as u64 >> 32) as usize
+    (((random_u64() >> 32) * n as u64) >> 32) as usize
 }
 
 /// Which nodes a pick may use, loosened step by step when none qualifies:

@@ -423,17 +423,15 @@ impl Registration {
     ///     .await
     /// # }
     /// ```
-    pub fn deregister_on<F>(self, signal: F, propagation: Duration) -> impl Future<Output = ()>
+    pub async fn deregister_on<F>(self, signal: F, propagation: Duration)
     where
         F: Future<Output = ()>,
     {
-        async move {
-            signal.await;
-            let key = self.key.clone();
-            self.deregister().await;
-            tracing::info!(%key, "deregistered from etcd; draining after the propagation delay");
-            tokio::time::sleep(propagation).await;
-        }
+        signal.await;
+        let key = self.key.clone();
+        self.deregister().await;
+        tracing::info!(%key, "deregistered from etcd; draining after the propagation delay");
+        tokio::time::sleep(propagation).await;
     }
 }
 
