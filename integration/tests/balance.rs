@@ -74,6 +74,18 @@ where
     addr
 }
 
+/// A replica whose Say always fails with INTERNAL.
+async fn broken_replica() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let broken = Router::new().route(
+        "echo.Echo/Say",
+        unary(|_: Request<Say>| async { Err::<Response<Say>, _>(Status::internal("broken")) }),
+    );
+    tokio::spawn(Server::builder().serve_with_listener(listener, broken, std::future::pending()));
+    addr
+}
+
 fn share(t: &BTreeMap<String, usize>, addr: &SocketAddr) -> f64 {
     let total: usize = t.values().sum();
     *t.get(&addr.to_string()).unwrap_or(&0) as f64 / total as f64
@@ -262,13 +274,7 @@ async fn a_call_waits_for_the_first_endpoint() {
 #[tokio::test]
 async fn outlier_detection_ejects_a_failing_replica_then_lets_it_back() {
     let (good, _stop) = in_process(None).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bad = listener.local_addr().unwrap();
-    let broken = Router::new().route(
-        "echo.Echo/Say",
-        unary(|_: Request<Say>| async { Err::<Response<Say>, _>(Status::internal("broken")) }),
-    );
-    tokio::spawn(Server::builder().serve_with_listener(listener, broken, std::future::pending()));
+    let bad = broken_replica().await;
     let svc = BalanceLayer::round_robin()
         .outlier_detection(OutlierDetection {
             consecutive_failures: 3,
@@ -300,13 +306,7 @@ async fn outlier_detection_ejects_a_failing_replica_then_lets_it_back() {
 
 #[tokio::test]
 async fn outlier_detection_never_ejects_the_last_replica() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bad = listener.local_addr().unwrap();
-    let broken = Router::new().route(
-        "echo.Echo/Say",
-        unary(|_: Request<Say>| async { Err::<Response<Say>, _>(Status::internal("broken")) }),
-    );
-    tokio::spawn(Server::builder().serve_with_listener(listener, broken, std::future::pending()));
+    let bad = broken_replica().await;
     let svc = BalanceLayer::round_robin().layer(Discovery::fixed([bad.to_string()]));
     for _ in 0..20 {
         assert_eq!(
@@ -383,4 +383,20 @@ async fn dns_discovery_balances_over_the_resolved_addresses() {
             .unwrap();
         assert_eq!(by.unwrap(), addr.to_string());
     }
+}
+
+#[tokio::test]
+async fn tower_p2c_balances_channels_by_their_load() {
+    // `Channel: tower::load::Load` (calls in flight), so tower's own p2c
+    // balancer works over plain channels too.
+    let (addrs, _stops) = three().await;
+    let channels: Vec<trpc::Channel> = addrs
+        .iter()
+        .map(|a| trpc::Endpoint::new(a.to_string()).unwrap().connect_lazy())
+        .collect();
+    let p2c = tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(channels));
+    let svc = tower::buffer::Buffer::new(p2c, 64);
+    let t = spread(&svc, 90).await;
+    assert_eq!(t.values().sum::<usize>(), 90, "{t:?}");
+    assert!(!t.keys().any(|k| k.starts_with("error")), "{t:?}");
 }

@@ -40,6 +40,9 @@ pub(crate) struct Node {
     /// Peak-EWMA latency: (nanoseconds, when last updated).
     ewma: Mutex<(f64, Instant)>,
     pub(crate) outlier: Mutex<OutlierState>,
+    /// End of the current ejection in nanoseconds after [`base`], 0 if never
+    /// ejected: read on every pick without taking the outlier lock.
+    ejected_until: AtomicU64,
     /// Calls completed (for tallies and tests).
     pub(crate) completed: AtomicU64,
 }
@@ -60,6 +63,7 @@ impl Node {
             server_in_flight: AtomicU64::new(0),
             ewma: Mutex::new((0.0, Instant::now())),
             outlier: Mutex::new(OutlierState::default()),
+            ejected_until: AtomicU64::new(0),
             completed: AtomicU64::new(0),
         }
     }
@@ -73,10 +77,8 @@ impl Node {
     }
 
     pub(crate) fn is_ejected(&self, now: Instant) -> bool {
-        self.outlier
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_ejected(now)
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && since_base(now) < until
     }
 
     /// Usable by the first tier of picking: connected, healthy, not ejected.
@@ -130,11 +132,25 @@ impl Node {
         config: &OutlierDetection,
         may_eject: impl FnOnce() -> bool,
     ) -> bool {
-        self.outlier
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(failed, now, config, may_eject)
+        let mut state = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        let ejected = state.observe(failed, now, config, may_eject);
+        if let (true, Some(until)) = (ejected, state.ejected_until()) {
+            self.ejected_until
+                .store(since_base(until).max(1), Ordering::Relaxed);
+        }
+        ejected
     }
+}
+
+/// A fixed point in time that ejection deadlines are counted from.
+fn base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Nanoseconds from [`base`] to `t` (0 for earlier instants).
+fn since_base(t: Instant) -> u64 {
+    t.saturating_duration_since(base()).as_nanos() as u64
 }
 
 /// `e^(-elapsed/decay)`.

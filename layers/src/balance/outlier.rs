@@ -89,6 +89,11 @@ impl OutlierState {
         self.ejected_until.is_some_and(|t| now < t)
     }
 
+    /// When the current (or last) ejection ends.
+    pub(crate) fn ejected_until(&self) -> Option<Instant> {
+        self.ejected_until
+    }
+
     /// Counts one outcome; ejects when a threshold is crossed and
     /// `may_eject()` allows it. Returns true if it ejected.
     pub(crate) fn observe(

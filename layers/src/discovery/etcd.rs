@@ -49,9 +49,8 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Wat
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tower::discover::Change;
-use trpc::BoxError;
 
-use super::{diff, Discovery, Instance, InstanceChange};
+use super::{diff, ChangeSender, Discovery, Instance, InstanceChange};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "/trpc/services";
@@ -208,12 +207,7 @@ impl Etcd {
             known,
         };
         tokio::spawn(watcher.run(client, revision));
-        let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
-            );
-        Ok(Discovery::new(format!("etcd {name}"), stream))
+        Ok(Discovery::from_receiver(format!("etcd {name}"), rx))
     }
 
     /// Registers `instance` as a replica of `name` in a background task: a
@@ -262,7 +256,7 @@ fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Option<Instance> {
 struct Watcher {
     etcd: Etcd,
     name: String,
-    tx: mpsc::UnboundedSender<Result<InstanceChange, BoxError>>,
+    tx: ChangeSender,
     known: HashMap<String, Instance>,
 }
 

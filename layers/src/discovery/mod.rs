@@ -57,6 +57,10 @@ use trpc::{BoxError, Status};
 /// One change of an endpoint set: `Insert(addr, instance)` or `Remove(addr)`.
 pub type InstanceChange = Change<String, Instance>;
 
+/// Where background discovery tasks send their changes.
+pub(crate) type ChangeSender = mpsc::UnboundedSender<Result<InstanceChange, BoxError>>;
+type ChangeReceiver = mpsc::UnboundedReceiver<Result<InstanceChange, BoxError>>;
+
 /// A type-erased discovery source: a `Stream` (hence a
 /// [`tower::discover::Discover`]) of [`InstanceChange`]s. See the
 /// [module docs](self) for the backends.
@@ -106,10 +110,17 @@ impl Discovery {
     /// (tests, examples, or glue to a registry of your own).
     pub fn manual() -> (Registry, Discovery) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|c| (Ok::<_, BoxError>(c), rx))
-        });
-        (Registry { tx }, Discovery::new("manual", stream))
+        (Registry { tx }, Discovery::from_receiver("manual", rx))
+    }
+
+    /// The changes a background task sends through `rx`.
+    pub(crate) fn from_receiver(describe: impl Into<String>, rx: ChangeReceiver) -> Discovery {
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
+        Discovery::new(describe, stream)
     }
 
     /// Turns a stream of full snapshots (every instance each time, e.g. from
@@ -173,7 +184,7 @@ impl fmt::Debug for Discovery {
 /// The handle of a [`Discovery::manual`] endpoint set. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Registry {
-    tx: mpsc::UnboundedSender<InstanceChange>,
+    tx: ChangeSender,
 }
 
 impl Registry {
@@ -181,13 +192,13 @@ impl Registry {
     /// false when the discovery was dropped.
     pub fn insert(&self, instance: Instance) -> bool {
         self.tx
-            .send(Change::Insert(instance.addr.clone(), instance))
+            .send(Ok(Change::Insert(instance.addr.clone(), instance)))
             .is_ok()
     }
 
     /// Removes the instance at `addr`.
     pub fn remove(&self, addr: &str) -> bool {
-        self.tx.send(Change::Remove(addr.to_string())).is_ok()
+        self.tx.send(Ok(Change::Remove(addr.to_string()))).is_ok()
     }
 }
 
