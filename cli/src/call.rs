@@ -1,6 +1,11 @@
 //! `trpc call`: one call with a JSON request; the reply (or each message of a
 //! streamed reply) printed as JSON. With `--repeat N`, N calls and a tally of
 //! the replies per `served-by` (the replica that answered).
+//!
+//! When the target is one server that offers reflection and describes the
+//! method, the JSON is converted to protobuf (and the replies back) through
+//! the reflected schema (`reflect.rs`); otherwise (and for discovered targets,
+//! whose replicas are not asked) the call uses the JSON codec.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,6 +15,7 @@ use futures_util::StreamExt;
 use tower::ServiceExt;
 use trpc::{Body, Payload, Request, Status};
 
+use crate::reflect::{self, MethodSchema};
 use crate::target::{self, Policy};
 use crate::tls::TlsArgs;
 
@@ -43,28 +49,30 @@ pub(crate) struct CallArgs {
     /// Balancing policy for discovered targets.
     #[arg(long, value_enum, default_value_t)]
     policy: Policy,
+    /// Send plain JSON without asking the server's reflection for the schema.
+    #[arg(long)]
+    no_reflection: bool,
     #[command(flatten)]
     tls: TlsArgs,
 }
 
-fn request(args: &CallArgs, body: &Bytes) -> Result<Request<Body>, Status> {
+/// The request: `body` in the method's protobuf form when `schema` is known,
+/// else as JSON.
+fn request(
+    args: &CallArgs,
+    body: &Bytes,
+    value: &serde_json::Value,
+    schema: Option<&MethodSchema>,
+) -> Result<Request<Body>, Status> {
     let mut req =
         Request::new(Body::once(Payload::new(body.clone()))).with_method(args.method.clone());
-    for h in &args.headers {
-        let (k, v) = h
-            .split_once('=')
-            .ok_or_else(|| Status::invalid_argument(format!("header {h:?} is not key=value")))?;
-        let k = k.trim().to_ascii_lowercase();
-        let res = if k.ends_with("-bin") {
-            req.metadata_mut()
-                .try_insert_bin(&k, Bytes::from(v.to_string()))
-        } else {
-            req.metadata_mut().append(&k, v)
-        };
-        res.map_err(|e| Status::invalid_argument(e.to_string()))?;
-    }
+    reflect::apply_headers(req.metadata_mut(), &args.headers)?;
     if let Some(t) = args.timeout {
         req.set_timeout(t);
+    }
+    if let Some(schema) = schema {
+        *req.get_mut() = schema.encode_request(value)?;
+        reflect::use_protobuf(&mut req);
     }
     Ok(req)
 }
@@ -86,11 +94,20 @@ pub(crate) async fn call(args: CallArgs) -> Result<(), Status> {
         serde_json::to_vec(&value)
             .map_err(|e| Status::invalid_argument(format!("request JSON: {e}")))?,
     );
-    let req = request(&args, &body)?;
-    let svc = target::connect(&args.addr, args.connect_timeout, args.policy, &args.tls).await?;
+    let connected =
+        target::connect(&args.addr, args.connect_timeout, args.policy, &args.tls).await?;
+    let schema = match connected.channel() {
+        Some(channel) if !args.no_reflection => {
+            let mut client = reflect::client(channel.clone(), &args.headers, args.timeout)?;
+            MethodSchema::lookup(&mut client, &args.method, args.verbose).await?
+        }
+        _ => None,
+    };
+    let svc = connected.service();
     if let Some(n) = args.repeat {
-        return repeat(&args, &body, svc, n).await;
+        return repeat(&args, &body, &value, schema.as_ref(), svc, n).await;
     }
+    let req = request(&args, &body, &value, schema.as_ref())?;
     let resp = svc.oneshot(req).await?;
     if args.verbose {
         for (k, v) in resp.metadata().iter() {
@@ -100,7 +117,7 @@ pub(crate) async fn call(args: CallArgs) -> Result<(), Status> {
     let body = resp.into_inner();
     if !body.is_stream() {
         let payload = body.into_single().await?;
-        println!("{}", render(&payload.bytes, true));
+        println!("{}", render(schema.as_ref(), payload.bytes, true)?);
         return Ok(());
     }
     // A streamed reply (server streaming): one JSON document per line, in
@@ -108,7 +125,7 @@ pub(crate) async fn call(args: CallArgs) -> Result<(), Status> {
     let mut body = body;
     while let Some(item) = body.next().await {
         match item {
-            Ok(payload) => println!("{}", render(&payload.bytes, false)),
+            Ok(payload) => println!("{}", render(schema.as_ref(), payload.bytes, false)?),
             Err(status) if status.is_ok() => {
                 if args.verbose {
                     for (k, v) in status.metadata().iter() {
@@ -128,6 +145,8 @@ pub(crate) async fn call(args: CallArgs) -> Result<(), Status> {
 async fn repeat(
     args: &CallArgs,
     body: &Bytes,
+    value: &serde_json::Value,
+    schema: Option<&MethodSchema>,
     svc: crate::target::TargetService,
     n: u32,
 ) -> Result<(), Status> {
@@ -135,7 +154,10 @@ async fn repeat(
     let mut last_error = None;
     for _ in 0..n {
         let outcome = async {
-            let resp = svc.clone().oneshot(request(args, body)?).await?;
+            let resp = svc
+                .clone()
+                .oneshot(request(args, body, value, schema)?)
+                .await?;
             let by = resp
                 .metadata()
                 .get("served-by")
@@ -181,11 +203,19 @@ async fn repeat(
 }
 
 /// A reply as text: pretty JSON for a single reply, one compact line per
-/// message of a stream; bytes that are not JSON are printed as they are.
-fn render(bytes: &[u8], pretty: bool) -> String {
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(v) if pretty => serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string()),
-        Ok(v) => v.to_string(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    }
+/// message of a stream. Without a schema the reply is JSON already; bytes that
+/// are not JSON are printed as they are.
+fn render(schema: Option<&MethodSchema>, bytes: Bytes, pretty: bool) -> Result<String, Status> {
+    let value = match schema {
+        Some(schema) => schema.decode_reply(bytes)?,
+        None => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => v,
+            Err(_) => return Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        },
+    };
+    Ok(if pretty {
+        serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
+    } else {
+        value.to_string()
+    })
 }

@@ -57,7 +57,8 @@ pub(crate) async fn health(args: HealthArgs) -> Result<ExitCode, Status> {
         Policy::RoundRobin,
         &args.tls,
     )
-    .await?;
+    .await?
+    .service();
     let mut client = Client::with_codec(svc, Proto);
     let ask = HealthCheckRequest {
         service: args.service.clone(),

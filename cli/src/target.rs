@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use tower::util::BoxCloneService;
-use trpc::{Body, Endpoint, Request, Response, Status};
-use trpc_layers::balance::BalanceLayer;
+use trpc::{Body, Channel, Endpoint, Request, Response, Status};
+use trpc_layers::balance::{Balance, BalanceLayer};
 use trpc_layers::discovery::Target;
 
 use crate::tls::TlsArgs;
@@ -43,6 +43,32 @@ impl Policy {
     }
 }
 
+/// A connected target.
+pub(crate) enum Connected {
+    /// One address: a channel.
+    Channel(Channel),
+    /// A discovered service: a balancer over its replicas.
+    Balanced(Balance),
+}
+
+impl Connected {
+    /// The target as one service.
+    pub(crate) fn service(&self) -> TargetService {
+        match self {
+            Connected::Channel(c) => BoxCloneService::new(c.clone()),
+            Connected::Balanced(b) => BoxCloneService::new(b.clone()),
+        }
+    }
+
+    /// The channel of a single-address target (reflection needs one server).
+    pub(crate) fn channel(&self) -> Option<&Channel> {
+        match self {
+            Connected::Channel(c) => Some(c),
+            Connected::Balanced(_) => None,
+        }
+    }
+}
+
 /// Connects to `target`: a single address gets a channel (connected now,
 /// failing fast); anything else a balancer over its discovered replicas.
 pub(crate) async fn connect(
@@ -50,12 +76,12 @@ pub(crate) async fn connect(
     connect_timeout: Duration,
     policy: Policy,
     tls: &TlsArgs,
-) -> Result<TargetService, Status> {
+) -> Result<Connected, Status> {
     let parsed = Target::parse(target)?;
     if let Some(addr) = parsed.single() {
         let endpoint = Endpoint::new(addr)?.connect_timeout(connect_timeout);
         let channel = tls.apply(endpoint)?.connect().await?;
-        return Ok(BoxCloneService::new(channel));
+        return Ok(Connected::Channel(channel));
     }
     let tls = tls.config()?;
     let layer = policy
@@ -71,6 +97,5 @@ pub(crate) async fn connect(
     let discovery = tokio::time::timeout(connect_timeout, parsed.discover())
         .await
         .map_err(|_| Status::unavailable(format!("{parsed}: discovery timed out")))??;
-    let balance = tower::Layer::layer(&layer, discovery);
-    Ok(BoxCloneService::new(balance))
+    Ok(Connected::Balanced(tower::Layer::layer(&layer, discovery)))
 }
