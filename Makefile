@@ -8,10 +8,11 @@ CARGO ?= cargo
 ## demo: start the echo server, show a reply, a deadline, a status error, metadata and a recovered panic, stop gracefully;
 ## the same port over gRPC (trpc call grpc://) and the HTTP/JSON gateway (curl); then every layer at
 ## once (examples/full_stack): a retried call, rejected credentials, compression, /metrics; then one
-## axum app serving REST, gRPC and the JSON gateway (examples/axum_gateway), driven with curl.
-demo:
+## axum app serving REST, gRPC and the JSON gateway (examples/axum_gateway), driven with curl; then a
+## cluster (examples/cluster): 3 replicas, each balancing policy, one replica killed with nothing failing.
+demo: deps
 	@command -v curl >/dev/null 2>&1 || { apt-get update && apt-get install -y curl; }
-	$(CARGO) build --quiet --example echo_server --example full_stack --example axum_gateway --bin trpc
+	$(CARGO) build --quiet --example echo_server --example full_stack --example axum_gateway --example cluster --bin trpc
 	./scripts/demo.sh
 
 ## test: formatting, clippy -D warnings, and every unit, doc and integration test.
@@ -20,12 +21,14 @@ test: deps fmt-check clippy unit doc-test
 ## deps: system packages the tests need, installed when missing (python3 runs the
 ## cross-language client of integration/interop/ against a trpc server; the gRPC
 ## interop tests run Python grpcio from a venv (integration/interop/venv.sh:
-## grpcio, grpcio-tools, grpcio-health-checking from PyPI); etcd-server is the Go
-## gRPC server the gRPC client is tested against).
+## grpcio, grpcio-tools, grpcio-health-checking from PyPI); etcd-server is the
+## real etcd the discovery tests start and the Go gRPC server the gRPC client is
+## tested against; protoc builds etcd-client's protos).
 deps:
 	@command -v python3 >/dev/null 2>&1 || { apt-get update && apt-get install -y python3; }
 	@python3 -c "import ensurepip" >/dev/null 2>&1 || { apt-get update && apt-get install -y python3-venv; }
 	@command -v etcd >/dev/null 2>&1 || { apt-get update && apt-get install -y etcd-server; }
+	@command -v protoc >/dev/null 2>&1 || { apt-get update && apt-get install -y protobuf-compiler; }
 	@bash integration/interop/venv.sh >/dev/null
 
 ## interop: the gRPC interop suite both ways on its own (also part of `make test`):
@@ -52,8 +55,11 @@ doc-test:
 ## bench: trpc vs tonic, tarpc and raw framed TCP, side by side (benches/ is its own
 ## workspace, so `make test` never builds it). BENCH_QUICK=1 for a ~1 minute run;
 ## BENCH_ARGS="--help" for options. The latest table is in docs/PERFORMANCE.md.
-bench:
+## Then `trpc-bench cluster` (BENCH_CLUSTER_ARGS): p2c over 4 replica processes vs one
+## channel, and the time from an etcd change to the balancer (docs/DISCOVERY.md).
+bench: deps
 	$(CARGO) run --release --manifest-path benches/Cargo.toml --bin trpc-bench -- $(BENCH_ARGS)
+	$(CARGO) run --release --manifest-path benches/Cargo.toml --bin trpc-bench -- cluster $(BENCH_CLUSTER_ARGS)
 
 ## fuzz: run each fuzz target (fuzz/, cargo-fuzz on stable, no sanitizer) for
 ## FUZZ_SECONDS (default 60), starting from fuzz/corpus and the checked-in seeds.

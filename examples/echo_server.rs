@@ -2,7 +2,9 @@
 //!
 //! Run: `cargo run --example echo_server -- --listen 127.0.0.1:7000`
 //! (`--json` for JSON logs; `RUST_LOG=debug` for more detail; `--tls-cert
-//! server.crt --tls-key server.key [--tls-client-ca ca.crt]` for TLS / mTLS).
+//! server.crt --tls-key server.key [--tls-client-ca ca.crt]` for TLS / mTLS;
+//! `--register etcd://127.0.0.1:2379/echo` to register in etcd, see
+//! docs/DISCOVERY.md).
 //!
 //! Methods (JSON or protobuf):
 //! * `echo.Echo/Say`   `{"message": "..."}` → the same message; request metadata
@@ -14,10 +16,19 @@
 //! * `echo.Echo/Fail`  `{"code": N, "message": "..."}` → fails with that status.
 //! * `echo.Echo/Panic` → the handler panics; the call gets INTERNAL, the server lives on.
 //! * `echo.Echo/Stats` → `{"calls": N, "cancelled": N}`.
+//! * `grpc.health.v1.Health/Check` and `Watch` (`trpc health ADDR`).
 //!
-//! It prints `listening on ADDR` once bound and stops gracefully on SIGINT/SIGTERM.
+//! Every `Say` reply carries `served-by: ADDR` (this replica's address), so a
+//! balanced client can tell replicas apart (`trpc call ... --repeat N`).
+//!
+//! It prints `listening on ADDR` once bound and stops gracefully on
+//! SIGINT/SIGTERM: health turns NOT_SERVING, and with `--register` its etcd
+//! key is deleted first and clients get `--deregister-delay` to move away
+//! before it drains.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +36,12 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::time::Instant;
 use trpc::codec::{Json, Proto};
+use trpc::health::HealthReporter;
+use trpc::metadata::MetadataValue;
 use trpc::server::{unary, Router, Server};
 use trpc::{Code, Request, Response, Status};
+use trpc_layers::discovery::etcd::Etcd;
+use trpc_layers::discovery::{Instance, Target};
 
 #[derive(Parser, Debug)]
 #[command(about = "trpc echo server")]
@@ -52,6 +67,21 @@ struct Args {
     /// Require client certificates signed by this CA (mutual TLS).
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<std::path::PathBuf>,
+    /// Register in etcd as a replica of NAME: etcd://HOST:PORT/NAME.
+    #[arg(long, value_name = "etcd://HOST:PORT/NAME")]
+    register: Option<String>,
+    /// Weight announced in the registration.
+    #[arg(long, default_value_t = 100)]
+    weight: u32,
+    /// Zone announced in the registration.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Lease TTL of the registration: how long the key outlives a killed server.
+    #[arg(long, value_parser = trpc::util::parse_duration, default_value = "10s")]
+    lease_ttl: Duration,
+    /// Time between deregistering and draining at shutdown.
+    #[arg(long, value_parser = trpc::util::parse_duration, default_value = "500ms")]
+    deregister_delay: Duration,
 }
 
 /// `echo.Echo/Say` request and reply.
@@ -135,10 +165,11 @@ impl Drop for SleepGuard {
     }
 }
 
-fn router(counters: Arc<Counters>) -> Router {
+fn router(counters: Arc<Counters>, served_by: MetadataValue) -> Router {
     let c = counters.clone();
     let say = move |req: Request<EchoMessage>| {
         let c = c.clone();
+        let served_by = served_by.clone();
         async move {
             c.calls.fetch_add(1, Ordering::Relaxed);
             let mut echoed = trpc::MetadataMap::new();
@@ -153,6 +184,7 @@ fn router(counters: Arc<Counters>) -> Router {
                     std::str::from_utf8(v).map_or(Ok(()), |v| echoed.append(k, v))
                 };
             }
+            echoed.insert_value("served-by", served_by);
             let mut resp = Response::new(req.into_inner());
             *resp.metadata_mut() = echoed;
             Ok::<_, Status>(resp)
@@ -244,8 +276,39 @@ async fn main() -> std::io::Result<()> {
     std::panic::set_hook(Box::new(|_| {}));
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    println!("listening on {}", listener.local_addr()?);
-    let mut server = Server::builder();
+    let local = listener.local_addr()?;
+    println!("listening on {local}");
+    let health = HealthReporter::new();
+    health.set_serving("echo.Echo");
+    let served_by = MetadataValue::try_from(local.to_string()).map_err(std::io::Error::other)?;
+    let router = router(Arc::new(Counters::default()), served_by).merge(health.router());
+    let signal: Pin<Box<dyn Future<Output = ()> + Send>> = match &args.register {
+        None => Box::pin(trpc::server::shutdown_signal()),
+        Some(target) => {
+            let Target::Etcd { endpoint, name } =
+                Target::parse(target).map_err(std::io::Error::other)?
+            else {
+                return Err(std::io::Error::other(
+                    "--register takes etcd://HOST:PORT/NAME",
+                ));
+            };
+            let mut instance = Instance::new(local.to_string()).weight(args.weight);
+            instance.zone = args.zone.clone();
+            let registration = Etcd::new([endpoint])
+                .lease_ttl(args.lease_ttl)
+                .register(&name, instance);
+            tracing::info!(key = registration.key(), "registering in etcd");
+            // At SIGTERM: NOT_SERVING at once, then the key goes, then (after
+            // the delay) the server drains.
+            let health = health.clone();
+            let signal = async move {
+                trpc::server::shutdown_signal().await;
+                health.shutdown();
+            };
+            Box::pin(registration.deregister_on(signal, args.deregister_delay))
+        }
+    };
+    let mut server = Server::builder().health(health);
     if let Some(t) = args.timeout {
         server = server.timeout(t);
     }
@@ -262,13 +325,7 @@ async fn main() -> std::io::Result<()> {
         }
         server = server.tls_config(tls).map_err(std::io::Error::other)?;
     }
-    server
-        .serve_with_listener(
-            listener,
-            router(Arc::new(Counters::default())),
-            trpc::server::shutdown_signal(),
-        )
-        .await?;
+    server.serve_with_listener(listener, router, signal).await?;
     println!("echo server stopped");
     Ok(())
 }

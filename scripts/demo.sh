@@ -111,4 +111,10 @@ kill -TERM "$AX_PID"; wait "$AX_PID" || true
 SERVER_PID=""
 rm -f "$AX_LOG"
 
+step "a service by name across replicas: examples/cluster (static registry; --etcd URL for etcd)"
+printf '$ %s\n' "$BIN/examples/cluster --calls 300"
+CL_OUT="$("$BIN/examples/cluster" --calls 300)" || { echo "cluster failed"; echo "$CL_OUT"; exit 1; }
+echo "$CL_OUT"
+echo "$CL_OUT" | grep -q "^failed calls: 0$" || { echo "cluster lost calls"; exit 1; }
+
 step "demo finished"

@@ -12,6 +12,10 @@
 //! * [`Client`] makes typed calls over any stack built on a channel.
 //! * [`Status`] is the one error type; [`Status::from_error`] maps the errors
 //!   of any tower middleware.
+//! * [`health`]: the `grpc.health.v1` health service and the
+//!   [`HealthReporter`](health::HealthReporter) handle
+//!   ([`Server::health`](server::Server::health) turns it NOT_SERVING when
+//!   shutdown starts). `Channel` implements `tower::load::Load`.
 //!
 //! The wire format is specified in `docs/PROTOCOL.md`; the [`frame`] module
 //! implements it. The same services and clients also speak gRPC (one port
@@ -52,6 +56,7 @@ pub mod codec;
 pub mod codegen;
 pub mod frame;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod metadata;
 mod proto;

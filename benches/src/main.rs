@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod cluster;
 mod load;
 mod messages;
 mod procfs;
@@ -74,6 +75,9 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         hold_ms: u64,
     },
+    /// The discovery and balancing scenarios: p2c over replicas vs one
+    /// channel, and the time from an etcd change to the balancer.
+    Cluster(cluster::ClusterArgs),
     /// Drive a running server for a fixed number of calls (for profiling).
     Load {
         /// The system the server speaks.
@@ -149,6 +153,11 @@ fn main() {
     match cli.command {
         None => bench(cli.run),
         Some(Command::Run(args)) => bench(args),
+        Some(Command::Cluster(args)) => {
+            if let Err(e) = cluster::run(args) {
+                fail(e);
+            }
+        }
         Some(Command::BenchServer {
             system,
             listen,

@@ -1,8 +1,10 @@
 //! `trpc`: the command line for trpc services.
 //!
 //! ```text
-//! trpc call ADDR METHOD [JSON] [--timeout 500ms] [-H key=value]... [-v] [--no-reflection]
+//! trpc call TARGET METHOD [JSON] [--timeout 500ms] [-H key=value]... [-v] [--no-reflection]
+//!            [--repeat N [--policy round-robin|random|weighted|least-outstanding|p2c]]
 //!            [--ca ca.crt [--cert client.crt --key client.key] [--domain NAME]]
+//! trpc health TARGET [SERVICE] [--watch] [--timeout 5s]
 //! trpc list ADDR [SERVICE]
 //! trpc describe ADDR SYMBOL
 //! trpc gen FILE.proto... --out DIR [-I DIR]... [--serde]
@@ -15,21 +17,29 @@
 //! these print `CODE_NAME: message` on stderr and exit with 64 + the status
 //! code (like grpcurl); usage errors exit 2. `gen` writes the code `trpc-build`
 //! generates; a `.proto` error exits 1 naming `file:line:column`.
+//!
+//! TARGET is `host:port`, `tcp://host:port`, or a discovered service:
+//! `static://a:1,b:2,c:3`, `dns://host:port`, `etcd://host:port/name`
+//! (balanced over its replicas). With `--repeat N`, `call` makes N calls and
+//! prints how many replies each replica (`served-by` metadata) sent.
+//!
+//! `health` prints the status and exits 0 for `SERVING`, 1 for any other
+//! status, 64 + the code when the check itself fails (69: `NOT_FOUND`, the
+//! service is unknown).
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use trpc::Status;
 
 mod call;
 mod gen;
+mod health;
 mod reflect;
+mod target;
 mod tls;
 
-use call::call;
 use gen::GenArgs;
-use tls::TlsArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,31 +55,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Call a method with a JSON request and print the JSON reply.
-    Call {
-        /// Server address: host:port or tcp://host:port.
-        addr: String,
-        /// Method: package.Service/Method.
-        method: String,
-        /// Request as JSON (default `{}`); `-` reads it from stdin.
-        json: Option<String>,
-        /// Deadline for the call, e.g. 500ms, 2s.
-        #[arg(long, value_parser = trpc::util::parse_duration)]
-        timeout: Option<Duration>,
-        /// Connect timeout.
-        #[arg(long, value_parser = trpc::util::parse_duration, default_value = "5s")]
-        connect_timeout: Duration,
-        /// Request metadata, repeatable: -H key=value.
-        #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
-        headers: Vec<String>,
-        /// Print response metadata on stderr.
-        #[arg(short, long)]
-        verbose: bool,
-        /// Send plain JSON without asking the server's reflection for the schema.
-        #[arg(long)]
-        no_reflection: bool,
-        #[command(flatten)]
-        tls: TlsArgs,
-    },
+    Call(call::CallArgs),
+    /// Check a server's health (grpc.health.v1): exit 0 when SERVING.
+    Health(health::HealthArgs),
     /// List the services a server offers (or the methods of one), by reflection.
     List {
         /// Server address: host:port or tcp://host:port.
@@ -102,30 +90,12 @@ fn fail(status: &Status) -> ExitCode {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Call {
-            addr,
-            method,
-            json,
-            timeout,
-            connect_timeout,
-            headers,
-            verbose,
-            no_reflection,
-            tls,
-        } => match call(
-            addr,
-            method,
-            json,
-            timeout,
-            connect_timeout,
-            headers,
-            verbose,
-            !no_reflection,
-            &tls,
-        )
-        .await
-        {
+        Command::Call(args) => match call::call(args).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(status) => fail(&status),
+        },
+        Command::Health(args) => match health::health(args).await {
+            Ok(code) => code,
             Err(status) => fail(&status),
         },
         Command::List {

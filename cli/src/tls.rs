@@ -21,8 +21,16 @@ pub(crate) struct TlsArgs {
 
 impl TlsArgs {
     pub(crate) fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, Status> {
+        match self.config()? {
+            Some(tls) => Ok(endpoint.tls_config(tls)?),
+            None => Ok(endpoint),
+        }
+    }
+
+    /// The client TLS configuration, `None` without `--ca`.
+    pub(crate) fn config(&self) -> Result<Option<trpc::tls::ClientTlsConfig>, Status> {
         let Some(ca) = &self.ca else {
-            return Ok(endpoint);
+            return Ok(None);
         };
         let mut tls = trpc::tls::ClientTlsConfig::new().ca_pem_file(ca)?;
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
@@ -35,6 +43,6 @@ impl TlsArgs {
         if let Some(d) = &self.domain {
             tls = tls.domain_name(d.clone());
         }
-        Ok(endpoint.tls_config(tls)?)
+        Ok(Some(tls))
     }
 }

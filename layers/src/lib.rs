@@ -12,8 +12,10 @@
 //! | [`MetricsLayer`] | [`metrics`] | `metrics` | client and server, plus `/metrics` |
 //! | [`AuthLayer`], [`RequireAuthLayer`] | [`auth`] | `auth` | client, server |
 //! | [`CompressionLayer`] | [`compression`] | `compression` = `gzip` + `snappy` + `zstd` (any one enables the module) | client and server |
+//! | [`BalanceLayer`] over a [`Discovery`] | [`balance`], [`discovery`] | `balance`, `discovery`; `etcd` (off by default) for the etcd registry | client |
+//! | [`LoadReportLayer`] | [`load_report`] | `load-report` | server (read by the balancer) |
 //!
-//! Every feature is on by default. Every layer works on unary and streaming
+//! Every feature but `etcd` is on by default. Every layer works on unary and streaming
 //! calls: streaming bodies are wrapped message by message, never buffered.
 //!
 //! ## Stack order
@@ -56,8 +58,14 @@ mod util;
 
 #[cfg(feature = "auth")]
 pub mod auth;
+#[cfg(feature = "balance")]
+pub mod balance;
 #[cfg(any(feature = "gzip", feature = "snappy", feature = "zstd"))]
 pub mod compression;
+#[cfg(feature = "discovery")]
+pub mod discovery;
+#[cfg(feature = "load-report")]
+pub mod load_report;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 #[cfg(feature = "retry")]
@@ -72,8 +80,14 @@ mod test_util;
 
 #[cfg(feature = "auth")]
 pub use auth::{AuthLayer, RequireAuthLayer};
+#[cfg(feature = "balance")]
+pub use balance::BalanceLayer;
 #[cfg(any(feature = "gzip", feature = "snappy", feature = "zstd"))]
 pub use compression::CompressionLayer;
+#[cfg(feature = "discovery")]
+pub use discovery::Discovery;
+#[cfg(feature = "load-report")]
+pub use load_report::LoadReportLayer;
 #[cfg(feature = "metrics")]
 pub use metrics::MetricsLayer;
 #[cfg(feature = "retry")]

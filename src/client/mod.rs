@@ -5,6 +5,7 @@ mod channel;
 mod connect;
 mod connection;
 pub(crate) mod endpoint;
+mod load;
 mod role;
 mod typed;
 

@@ -83,6 +83,7 @@ pub(crate) struct ServerConfig {
     pub(crate) grpc: bool,
     /// Serve HTTP/1 (the JSON gateway) on the port.
     pub(crate) http1: bool,
+    pub(crate) health: Option<crate::health::HealthReporter>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ServerTls>,
 }
@@ -114,6 +115,7 @@ impl Default for ServerConfig {
             stats: None,
             grpc: true,
             http1: true,
+            health: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -360,6 +362,13 @@ impl<L> Server<L> {
         self
     }
 
+    /// Marks every service of `reporter` `NOT_SERVING` as soon as graceful
+    /// shutdown starts, before GOAWAY is sent (see [`crate::health`]).
+    pub fn health(mut self, reporter: crate::health::HealthReporter) -> Self {
+        self.config.health = Some(reporter);
+        self
+    }
+
     /// Serves one already accepted plaintext connection (any byte stream, e.g.
     /// `tokio::io::duplex`) with this server's limits and layers until it
     /// closes. For tests and fuzzing (`fuzz/`): no TLS, no connection limit,
@@ -478,6 +487,9 @@ impl<L> Server<L> {
             });
         }
         drop(listener);
+        if let Some(health) = &cfg.health {
+            health.shutdown();
+        }
         let in_flight = open.load(Ordering::Relaxed);
         tracing::info!(
             connections = in_flight,
