@@ -4,9 +4,11 @@
 mod channel;
 mod connection;
 mod endpoint;
+mod probe;
 mod typed;
 
 pub use channel::{Channel, ResponseFuture};
 pub use connection::Trailers;
 pub use endpoint::Endpoint;
+pub use probe::DeadlineProbe;
 pub use typed::Client;

@@ -37,11 +37,10 @@
 //! # drop(layer);
 //! ```
 
-mod client;
+pub mod client;
 pub mod error;
-pub mod future;
 mod identity;
-mod server;
+pub mod server;
 mod validator;
 
 pub use client::{Auth, AuthLayer};

@@ -12,8 +12,9 @@ use tracing::{Level, Span};
 use trpc::{Body, BoxError, Code, Method, Payload, Response, Status};
 
 use super::context::{CurrentGuard, TraceContext};
-use super::layer::{Side, TraceLayer};
+use super::layer::TraceLayer;
 use crate::util::dropped_outcome;
+use crate::Side;
 
 /// An event at a level chosen at run time.
 macro_rules! event_at {

@@ -5,37 +5,20 @@ use tracing::Level;
 use trpc::Code;
 
 use super::Trace;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
-    Client,
-    Server,
-}
-
-impl Side {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::Server => "server",
-        }
-    }
-}
+use crate::Side;
 
 /// The level at which the end of a call with `code` is logged by default:
 /// `OK` at INFO; errors of the caller or expected conditions
 /// (`CANCELLED`, `INVALID_ARGUMENT`, `NOT_FOUND`, `ALREADY_EXISTS`,
 /// `PERMISSION_DENIED`, `UNAUTHENTICATED`, `FAILED_PRECONDITION`, `ABORTED`,
-/// `OUT_OF_RANGE`, `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`) at WARN; server
-/// faults (`UNKNOWN`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`)
-/// at ERROR.
+/// `OUT_OF_RANGE`, `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`, and
+/// `UNIMPLEMENTED`: a caller asking for a method the server does not have) at
+/// WARN; server faults (`UNKNOWN`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`) at
+/// ERROR.
 pub fn default_level(code: Code) -> Level {
     match code {
         Code::Ok => Level::INFO,
-        Code::Unknown
-        | Code::Unimplemented
-        | Code::Internal
-        | Code::Unavailable
-        | Code::DataLoss => Level::ERROR,
+        Code::Unknown | Code::Internal | Code::Unavailable | Code::DataLoss => Level::ERROR,
         _ => Level::WARN,
     }
 }

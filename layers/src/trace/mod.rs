@@ -50,7 +50,7 @@ use trpc::{Body, BoxError, Request, Response};
 
 use self::context::CurrentGuard;
 use self::future::{Call, ResponseFuture};
-use self::layer::Side;
+use crate::Side;
 
 /// Traces calls; see the [module docs](self).
 #[derive(Clone, Debug)]

@@ -1,4 +1,5 @@
-//! The response futures of the auth layers.
+//! The [`ResponseFuture`] of [`RequireAuth`](super::RequireAuth): validation,
+//! then the inner call.
 
 use std::fmt;
 use std::future::Future;
@@ -10,67 +11,9 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 use trpc::{Body, BoxError, Request, Response, Status};
 
-use super::server::Rules;
-use super::validator::Validator;
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Called { #[pin] future: F },
-        Failed { error: Option<Status> },
-    }
-}
-
-pin_project! {
-    /// The future of an [`Auth`](super::Auth) call: the inner call, or the
-    /// error of an unusable credential.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-impl<F> ResponseFuture<F> {
-    pub(crate) fn called(future: F) -> Self {
-        ResponseFuture {
-            kind: Kind::Called { future },
-        }
-    }
-
-    pub(crate) fn failed(error: Status) -> Self {
-        ResponseFuture {
-            kind: Kind::Failed { error: Some(error) },
-        }
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ResponseFuture")
-    }
-}
-
-fn take_error(error: &mut Option<Status>) -> BoxError {
-    error
-        .take()
-        .unwrap_or_else(|| Status::internal("future polled after completion"))
-        .into()
-}
-
-impl<F, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<Body>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<Body>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Failed { error } => Poll::Ready(Err(take_error(error))),
-        }
-    }
-}
+use super::layer::Rules;
+use crate::auth::error::take_error;
+use crate::auth::Validator;
 
 pin_project! {
     #[project = StateProj]
@@ -87,7 +30,7 @@ pin_project! {
 pin_project! {
     /// The future of a [`RequireAuth`](super::RequireAuth) call: validation,
     /// then the inner call.
-    pub struct AuthFuture<S, V>
+    pub struct ResponseFuture<S, V>
     where
         S: Service<Request<Body>>,
         V: Validator,
@@ -100,7 +43,7 @@ pin_project! {
     }
 }
 
-impl<S, V> AuthFuture<S, V>
+impl<S, V> ResponseFuture<S, V>
 where
     S: Service<Request<Body>>,
     V: Validator,
@@ -111,7 +54,7 @@ where
         req: Request<Body>,
         rules: Arc<Rules>,
     ) -> Self {
-        AuthFuture {
+        ResponseFuture {
             state: State::Validating { check },
             pending: Some((service, req)),
             rules,
@@ -119,7 +62,7 @@ where
     }
 
     pub(crate) fn called(future: S::Future, rules: Arc<Rules>) -> Self {
-        AuthFuture {
+        ResponseFuture {
             state: State::Called { future },
             pending: None,
             rules,
@@ -127,7 +70,7 @@ where
     }
 
     pub(crate) fn failed(error: Status, rules: Arc<Rules>) -> Self {
-        AuthFuture {
+        ResponseFuture {
             state: State::Failed { error: Some(error) },
             pending: None,
             rules,
@@ -135,17 +78,17 @@ where
     }
 }
 
-impl<S, V> fmt::Debug for AuthFuture<S, V>
+impl<S, V> fmt::Debug for ResponseFuture<S, V>
 where
     S: Service<Request<Body>>,
     V: Validator,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AuthFuture")
+        f.write_str("ResponseFuture")
     }
 }
 
-impl<S, V> Future for AuthFuture<S, V>
+impl<S, V> Future for ResponseFuture<S, V>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Into<BoxError>,
