@@ -24,7 +24,7 @@
 //!     .bearer("s3cret-token", Identity::new("alice").with_scope("admin"))
 //!     .api_key("k-123", Identity::new("batch-job"));
 //! let layer = RequireAuthLayer::new(keys)
-//!     .allow_anonymous("grpc.health.v1.Health/*")
+//!     .allow_anonymous("shop.Catalog/List")
 //!     .require_scope("admin.Admin/*", "admin");
 //!
 //! // Or any async check:

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
@@ -13,6 +13,7 @@ use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::Registry;
 use trpc::{Code, Method, Protocol};
 
+use crate::util::{slot, slots};
 use crate::Side;
 
 /// The label value shared by methods beyond the `max_methods` limit.
@@ -128,32 +129,13 @@ impl Stripe {
     }
 }
 
-/// The stripe slot of the current thread: threads are numbered as they first
-/// count, so up to [`stripes`] threads never share a stripe.
-fn slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Relaxed);
-    }
-    SLOT.with(|s| *s) & (stripes() - 1)
-}
-
-/// Stripes per method: twice the CPUs, a power of two in 4..=64.
-fn stripes() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
-        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
-        (2 * cpus).next_power_of_two().clamp(4, 64)
-    })
-}
-
 impl MethodStats {
     fn new(protocol: Protocol, label: &str, other: bool, bounds_nanos: &Arc<[u64]>) -> MethodStats {
         MethodStats {
             protocol,
             label: label.into(),
             other,
-            stripes: (0..stripes())
+            stripes: (0..slots())
                 .map(|_| Arc::new(Stripe::new(bounds_nanos.clone())))
                 .collect(),
         }

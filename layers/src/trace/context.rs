@@ -64,14 +64,11 @@ impl SpanId {
 }
 
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
-    for (i, b) in bytes.iter().enumerate() {
-        buf[2 * i] = HEX[(b >> 4) as usize];
-        buf[2 * i + 1] = HEX[(b & 0xf) as usize];
-    }
+    let hex = &mut buf[..2 * bytes.len()];
+    put_hex(hex, bytes);
     // Only ASCII hex digits were written.
-    f.write_str(std::str::from_utf8(&buf[..2 * bytes.len()]).unwrap_or_default())
+    f.write_str(std::str::from_utf8(hex).unwrap_or_default())
 }
 
 /// The value of each lower-case hex digit, 0xff for other bytes.
@@ -90,8 +87,7 @@ const HEX_VALUE: [u8; 256] = {
     t
 };
 
-fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let s = s.as_bytes();
+fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     if s.len() != 2 * N {
         return None;
     }
@@ -105,12 +101,12 @@ fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     (bad & 0xf0 == 0).then_some(out)
 }
 
-/// Appends the lower-case hex of `bytes`.
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// Writes the lower-case hex of `bytes` into `out` (twice as long).
+fn put_hex(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 0xf) as usize] as char);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[(b >> 4) as usize];
+        pair[1] = HEX[(b & 0xf) as usize];
     }
 }
 
@@ -189,39 +185,38 @@ impl TraceContext {
     /// assert_eq!(ctx.traceparent(), tp);
     /// ```
     pub fn from_traceparent(s: &str) -> Option<TraceContext> {
-        let s = s.trim();
-        if s.len() < 55 || !s.is_ascii() {
+        // Bytes, not chars: every valid field is ASCII, and slicing bytes
+        // cannot fall inside a character.
+        let b = s.trim_ascii().as_bytes();
+        if b.len() < 55 {
             return None;
         }
-        let version = parse_hex::<1>(&s[0..2])?[0];
-        if version == 0xff || (version == 0 && s.len() != 55) {
+        let version = parse_hex::<1>(&b[0..2])?[0];
+        if version == 0xff || (version == 0 && b.len() != 55) {
             return None;
         }
-        if s.len() > 55 && s.as_bytes()[55] != b'-' {
+        if b.len() > 55 && b[55] != b'-' {
             return None;
         }
-        let b = s.as_bytes();
         if b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
             return None;
         }
         Some(TraceContext {
-            trace_id: TraceId::from_bytes(parse_hex(&s[3..35])?)?,
-            span_id: SpanId::from_bytes(parse_hex(&s[36..52])?)?,
+            trace_id: TraceId::from_bytes(parse_hex(&b[3..35])?)?,
+            span_id: SpanId::from_bytes(parse_hex(&b[36..52])?)?,
             parent_id: None,
-            flags: parse_hex::<1>(&s[53..55])?[0],
+            flags: parse_hex::<1>(&b[53..55])?[0],
         })
     }
 
     /// The `traceparent` value announcing this span to a callee.
     pub fn traceparent(&self) -> String {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        push_hex(&mut s, &self.trace_id.0);
-        s.push('-');
-        push_hex(&mut s, &self.span_id.0);
-        s.push('-');
-        push_hex(&mut s, &[self.flags]);
-        s
+        let mut b = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        put_hex(&mut b[3..35], &self.trace_id.0);
+        put_hex(&mut b[36..52], &self.span_id.0);
+        put_hex(&mut b[53..55], &[self.flags]);
+        // Only ASCII hex digits and dashes were written.
+        String::from_utf8_lossy(&b).into_owned()
     }
 
     /// The trace id, shared by every span of the trace.

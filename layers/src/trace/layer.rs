@@ -30,6 +30,32 @@ pub struct TraceLayer {
     pub(super) side: Side,
     pub(super) span_level: Level,
     pub(super) level_for: fn(Code) -> Level,
+    /// The levels `level_for` gives some code (a bit per level).
+    end_levels: u8,
+}
+
+/// [`default_level`] gives INFO, WARN and ERROR.
+const DEFAULT_END_LEVELS: u8 = bit(Level::INFO) | bit(Level::WARN) | bit(Level::ERROR);
+
+const fn bit(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 1,
+        Level::WARN => 2,
+        Level::INFO => 4,
+        Level::DEBUG => 8,
+        _ => 16,
+    }
+}
+
+/// True if a subscriber takes events or spans of this layer at `level`.
+fn enabled_at(level: Level) -> bool {
+    match level {
+        Level::ERROR => tracing::enabled!(target: "trpc_layers::trace", Level::ERROR),
+        Level::WARN => tracing::enabled!(target: "trpc_layers::trace", Level::WARN),
+        Level::INFO => tracing::enabled!(target: "trpc_layers::trace", Level::INFO),
+        Level::DEBUG => tracing::enabled!(target: "trpc_layers::trace", Level::DEBUG),
+        _ => tracing::enabled!(target: "trpc_layers::trace", Level::TRACE),
+    }
 }
 
 impl TraceLayer {
@@ -40,6 +66,7 @@ impl TraceLayer {
             side: Side::Client,
             span_level: Level::INFO,
             level_for: default_level,
+            end_levels: DEFAULT_END_LEVELS,
         }
     }
 
@@ -50,6 +77,7 @@ impl TraceLayer {
             side: Side::Server,
             span_level: Level::INFO,
             level_for: default_level,
+            end_levels: DEFAULT_END_LEVELS,
         }
     }
 
@@ -61,9 +89,29 @@ impl TraceLayer {
 
     /// How the end of a call is logged: the level for each code (default
     /// [`default_level`]).
-    pub const fn level_for(mut self, f: fn(Code) -> Level) -> Self {
+    pub fn level_for(mut self, f: fn(Code) -> Level) -> Self {
         self.level_for = f;
+        self.end_levels = Code::ALL.iter().fold(0, |m, &c| m | bit(f(c)));
         self
+    }
+
+    /// The side this layer serves.
+    pub const fn side(&self) -> Side {
+        self.side
+    }
+
+    /// True if a subscriber takes the span or some end-of-call event of this
+    /// layer; when none does, the layer only propagates the trace context.
+    pub(super) fn logs_enabled(&self) -> bool {
+        [
+            Level::ERROR,
+            Level::WARN,
+            Level::INFO,
+            Level::DEBUG,
+            Level::TRACE,
+        ]
+        .into_iter()
+        .any(|l| (self.end_levels & bit(l) != 0 || l == self.span_level) && enabled_at(l))
     }
 }
 

@@ -8,12 +8,15 @@ use trpc::metadata::MetadataValue;
 
 use super::Auth;
 use crate::auth::{API_KEY, AUTHORIZATION};
+use crate::util::slots;
 
 #[derive(PartialEq, Eq)]
 pub(super) struct Header {
     pub(super) key: &'static str,
-    /// The validated value; `None` when the secret cannot travel as metadata.
-    pub(super) value: Option<MetadataValue>,
+    /// The validated value, one copy per thread slot (a call clones its
+    /// thread's copy, so threads never share a reference count); `None` when
+    /// the secret cannot travel as metadata.
+    pub(super) values: Option<Box<[MetadataValue]>>,
 }
 
 /// Attaches a credential to every call: a bearer token or an API key.
@@ -41,7 +44,11 @@ impl AuthLayer {
         AuthLayer {
             header: Arc::new(Header {
                 key,
-                value: MetadataValue::try_from(value).ok(),
+                values: MetadataValue::try_from(value.as_str()).ok().map(|_| {
+                    (0..slots())
+                        .filter_map(|_| MetadataValue::try_from(value.as_str()).ok())
+                        .collect()
+                }),
             }),
         }
     }

@@ -13,6 +13,7 @@ use trpc::{Body, BoxError, Request, Response};
 
 use self::future::ResponseFuture;
 use super::error::InvalidCredential;
+use crate::util::slot;
 
 /// Attaches the credential of its [`AuthLayer`] to every call.
 #[derive(Clone, Debug)]
@@ -58,7 +59,7 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let h = &*self.layer.header;
-        let Some(value) = &h.value else {
+        let Some(value) = h.values.as_ref().and_then(|v| v.get(slot())) else {
             return ResponseFuture::failed(
                 trpc::Status::unauthenticated(format!(
                     "the configured {} credential contains characters metadata cannot carry",

@@ -37,9 +37,9 @@ pin_project! {
     {
         #[pin]
         state: State<V::Future, S::Future>,
-        // The ready inner service and the request, until validation succeeds.
-        pending: Option<(S, Request<Body>)>,
-        rules: Arc<Rules>,
+        // The ready inner service, the request and the rules to check the
+        // identity against, until validation succeeds.
+        pending: Option<(S, Request<Body>, Arc<Rules>)>,
     }
 }
 
@@ -56,24 +56,21 @@ where
     ) -> Self {
         ResponseFuture {
             state: State::Validating { check },
-            pending: Some((service, req)),
-            rules,
+            pending: Some((service, req, rules)),
         }
     }
 
-    pub(crate) fn called(future: S::Future, rules: Arc<Rules>) -> Self {
+    pub(crate) fn called(future: S::Future) -> Self {
         ResponseFuture {
             state: State::Called { future },
             pending: None,
-            rules,
         }
     }
 
-    pub(crate) fn failed(error: Status, rules: Arc<Rules>) -> Self {
+    pub(crate) fn failed(error: Status) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
             pending: None,
-            rules,
         }
     }
 }
@@ -102,13 +99,13 @@ where
             match this.state.as_mut().project() {
                 StateProj::Validating { check } => {
                     let identity = ready!(check.poll(cx))?;
-                    let Some((mut service, mut req)) = this.pending.take() else {
+                    let Some((mut service, mut req, rules)) = this.pending.take() else {
                         return Poll::Ready(Err(Status::internal(
                             "future polled after completion",
                         )
                         .into()));
                     };
-                    if let Err(denied) = this.rules.check_scopes(&identity, req.method()) {
+                    if let Err(denied) = rules.check_scopes(&identity, req.method()) {
                         return Poll::Ready(Err(denied.into()));
                     }
                     req.extensions_mut().insert(identity);

@@ -18,20 +18,21 @@ use self::layer::Rules;
 use super::error::MissingCredentials;
 use super::{Credential, CredentialKind, Validator, API_KEY, AUTHORIZATION};
 
-/// The credential of a request, from `authorization: Bearer` or `x-api-key`.
-fn credential(req: &Request<Body>) -> Option<Credential> {
+/// The credential of a request, from `authorization: Bearer` or `x-api-key`,
+/// borrowed from its metadata.
+fn credential(req: &Request<Body>) -> Option<(CredentialKind, &str)> {
     if let Some(v) = req.metadata().get(AUTHORIZATION) {
-        let v = v.trim_ascii();
-        if let Some((scheme, token)) = v.split_once(' ') {
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim_ascii().is_empty() {
-                return Some(Credential::new(CredentialKind::Bearer, token.trim_ascii()));
+        if let Some((scheme, token)) = v.trim_ascii().split_once(' ') {
+            let token = token.trim_ascii();
+            if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
+                return Some((CredentialKind::Bearer, token));
             }
         }
     }
     req.metadata()
         .get(API_KEY)
         .filter(|k| !k.is_empty())
-        .map(|k| Credential::new(CredentialKind::ApiKey, k))
+        .map(|k| (CredentialKind::ApiKey, k))
 }
 
 /// Authenticates calls before the inner service sees them; see the
@@ -92,24 +93,40 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let rules = self.rules.clone();
-        if rules.anonymous.matches(req.method().as_str()) {
-            return ResponseFuture::called(self.inner.call(req), rules);
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        if self.rules.anonymous.matches(req.method().as_str()) {
+            return ResponseFuture::called(self.inner.call(req));
         }
-        let Some(cred) = credential(&req) else {
+        let Some((kind, secret)) = credential(&req) else {
             let status = Status::unauthenticated(format!(
                 "{} requires credentials: send `{AUTHORIZATION}: Bearer <token>` or `{API_KEY}`",
                 req.method()
             ))
             .with_source(MissingCredentials::new());
-            return ResponseFuture::failed(status, rules);
+            return ResponseFuture::failed(status);
         };
-        let check = self.validator.validate(cred, req.method().clone());
+        // A validator that needs no waiting answers here: no future, no
+        // copy of the credential, the ready service used as it is.
+        if let Some(checked) = self.validator.validate_now(kind, secret, req.method()) {
+            let allowed = checked.and_then(|identity| {
+                self.rules.check_scopes(&identity, req.method())?;
+                Ok(identity)
+            });
+            return match allowed {
+                Ok(identity) => {
+                    req.extensions_mut().insert(identity);
+                    ResponseFuture::called(self.inner.call(req))
+                }
+                Err(status) => ResponseFuture::failed(status),
+            };
+        }
+        let check = self
+            .validator
+            .validate(Credential::new(kind, secret), req.method().clone());
         // The validator may take a while: the future takes the service that
         // was made ready and leaves a clone here (to be made ready again).
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::validating(check, ready, req, rules)
+        ResponseFuture::validating(check, ready, req, self.rules.clone())
     }
 }
