@@ -31,9 +31,10 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        // Armed only when this layer enforces the deadline itself.
-        #[pin]
-        sleep: Option<Sleep>,
+        // Armed only when this layer enforces the deadline itself (boxed: the
+        // common case, a deadline enforced below, then carries 8 bytes, not
+        // a timer entry, through every layer above).
+        sleep: Option<Pin<Box<Sleep>>>,
         deadline: Instant,
         enforcer: Enforcer,
         expiry: Expiry,
@@ -44,7 +45,8 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, deadline: Instant, enforcer: Enforcer, expiry: Expiry) -> Self {
         ResponseFuture {
             inner,
-            sleep: (enforcer == Enforcer::Layer).then(|| tokio::time::sleep_until(deadline)),
+            sleep: (enforcer == Enforcer::Layer)
+                .then(|| Box::pin(tokio::time::sleep_until(deadline))),
             deadline,
             enforcer,
             expiry,
@@ -87,8 +89,8 @@ where
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
             Poll::Pending => {
-                if let Some(sleep) = this.sleep.as_pin_mut() {
-                    ready!(sleep.poll(cx));
+                if let Some(sleep) = this.sleep.as_mut() {
+                    ready!(sleep.as_mut().poll(cx));
                     return Poll::Ready(Err(this.expiry.status(false).into()));
                 }
                 Poll::Pending

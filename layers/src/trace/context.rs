@@ -88,15 +88,16 @@ const HEX_VALUE: [u8; 256] = {
 };
 
 fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
-    if s.len() != 2 * N {
-        return None;
-    }
+    let s: &[u8] = s.get(..2 * N).filter(|_| s.len() == 2 * N)?;
     let mut out = [0u8; N];
     let mut bad = 0u8;
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        let (hi, lo) = (HEX_VALUE[pair[0] as usize], HEX_VALUE[pair[1] as usize]);
+    for i in 0..N {
+        let (hi, lo) = (
+            HEX_VALUE[s[2 * i] as usize],
+            HEX_VALUE[s[2 * i + 1] as usize],
+        );
         bad |= hi | lo;
-        *o = hi << 4 | (lo & 0xf);
+        out[i] = hi << 4 | (lo & 0xf);
     }
     (bad & 0xf0 == 0).then_some(out)
 }
@@ -211,12 +212,17 @@ impl TraceContext {
 
     /// The `traceparent` value announcing this span to a callee.
     pub fn traceparent(&self) -> String {
+        self.with_traceparent(str::to_owned)
+    }
+
+    /// Calls `f` with the `traceparent` value, formatted on the stack.
+    pub(crate) fn with_traceparent<T>(&self, f: impl FnOnce(&str) -> T) -> T {
         let mut b = *b"00-00000000000000000000000000000000-0000000000000000-00";
         put_hex(&mut b[3..35], &self.trace_id.0);
         put_hex(&mut b[36..52], &self.span_id.0);
         put_hex(&mut b[53..55], &[self.flags]);
         // Only ASCII hex digits and dashes were written.
-        String::from_utf8_lossy(&b).into_owned()
+        f(std::str::from_utf8(&b).unwrap_or_default())
     }
 
     /// The trace id, shared by every span of the trace.

@@ -61,7 +61,7 @@ impl Call {
         messages: Option<u64>,
     ) {
         // Microsecond resolution reads better than 0.14136500000000002.
-        let latency_ms = self.start.elapsed().as_micros() as f64 / 1e3;
+        let latency_ms = self.start.elapsed().as_micros() as u64 as f64 / 1e3;
         let span = &self.span;
         if !span.is_disabled() {
             span.record("code", code.as_str());

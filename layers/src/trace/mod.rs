@@ -132,7 +132,7 @@ where
                     .or_else(TraceContext::current);
                 let ctx = parent.map_or_else(TraceContext::new_root, |p| p.child());
                 // Always valid: ASCII hex and dashes.
-                if let Ok(v) = MetadataValue::try_from(ctx.traceparent()) {
+                if let Ok(v) = ctx.with_traceparent(|tp| MetadataValue::try_from(tp)) {
                     req.metadata_mut().insert_value(TRACEPARENT, v);
                 }
                 ctx
