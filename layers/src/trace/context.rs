@@ -88,18 +88,55 @@ const HEX_VALUE: [u8; 256] = {
 };
 
 fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
-    let s: &[u8] = s.get(..2 * N).filter(|_| s.len() == 2 * N)?;
+    if s.len() != 2 * N {
+        return None;
+    }
     let mut out = [0u8; N];
+    let mut chunks = s.chunks_exact(16);
+    let mut outs = out.chunks_exact_mut(8);
+    for (chunk, o) in (&mut chunks).zip(&mut outs) {
+        let mut word = [0u8; 16];
+        word.copy_from_slice(chunk);
+        o.copy_from_slice(&parse_hex16(word)?);
+    }
+    // What is left (under 16 digits) goes through the table.
+    let tail = chunks.remainder();
     let mut bad = 0u8;
-    for i in 0..N {
-        let (hi, lo) = (
-            HEX_VALUE[s[2 * i] as usize],
-            HEX_VALUE[s[2 * i + 1] as usize],
-        );
+    for (o, pair) in outs.into_remainder().iter_mut().zip(tail.chunks_exact(2)) {
+        let (hi, lo) = (HEX_VALUE[pair[0] as usize], HEX_VALUE[pair[1] as usize]);
         bad |= hi | lo;
-        out[i] = hi << 4 | (lo & 0xf);
+        *o = hi << 4 | (lo & 0xf);
     }
     (bad & 0xf0 == 0).then_some(out)
+}
+
+/// 16 lower-case hex digits as 8 bytes, eight digits at a time in a `u64`
+/// (a third of the instructions of a table lookup per digit).
+fn parse_hex16(digits: [u8; 16]) -> Option<[u8; 8]> {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    let mut out = [0u8; 8];
+    for (half, o) in digits.chunks_exact(8).zip(out.chunks_exact_mut(4)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(half);
+        let v = u64::from_be_bytes(b);
+        // '0'..'9' are 0x30..0x39, 'a'..'f' 0x61..0x66: the low nibble,
+        // plus 9 when bit 6 (a letter) is set.
+        let letter = (v >> 6) & LOW;
+        let nib = (v & (0x0f * LOW)) + letter * 9;
+        // Valid if every nibble is below 16 and writes back as the digit it
+        // came from (this rejects upper case, punctuation, non-ASCII).
+        let above9 = ((nib + 6 * LOW) >> 4) & LOW;
+        let back = nib + 0x30 * LOW + above9 * 0x27;
+        if nib & (0xf0 * LOW) != 0 || back != v {
+            return None;
+        }
+        // Pairs of nibbles into bytes, then the bytes together.
+        let x = (nib | (nib >> 4)) & 0x00ff_00ff_00ff_00ff;
+        let x = (x | (x >> 8)) & 0x0000_ffff_0000_ffff;
+        let x = (x | (x >> 16)) & 0x0000_0000_ffff_ffff;
+        o.copy_from_slice(&(x as u32).to_be_bytes());
+    }
+    Some(out)
 }
 
 /// Writes the lower-case hex of `bytes` into `out` (twice as long).
@@ -312,6 +349,33 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0é",
         ] {
             assert!(TraceContext::from_traceparent(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hex_parses_like_the_table_for_every_byte_in_every_position() {
+        let reference = |s: &[u8]| -> Option<[u8; 8]> {
+            let mut out = [0u8; 8];
+            for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+                let (hi, lo) = (HEX_VALUE[pair[0] as usize], HEX_VALUE[pair[1] as usize]);
+                if (hi | lo) & 0xf0 != 0 {
+                    return None;
+                }
+                *o = hi << 4 | lo;
+            }
+            Some(out)
+        };
+        let base = *b"0123456789abcdef";
+        assert_eq!(
+            parse_hex16(base),
+            Some([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef])
+        );
+        for pos in 0..16 {
+            for b in 0..=255u8 {
+                let mut s = base;
+                s[pos] = b;
+                assert_eq!(parse_hex16(s), reference(&s), "byte {b:#x} at {pos}");
+            }
         }
     }
 
