@@ -47,8 +47,10 @@
 pub mod body;
 pub mod client;
 pub mod codec;
+pub mod codegen;
 pub mod frame;
 pub mod metadata;
+mod proto;
 pub mod request;
 pub mod server;
 pub mod stats;
@@ -62,6 +64,7 @@ mod wire;
 
 pub use body::{Body, Payload};
 pub use client::{Channel, Client, Endpoint};
+pub use codegen::{Idempotency, IntoRequest, IntoStreamingRequest, MethodDescriptor, MethodKind};
 pub use metadata::MetadataMap;
 pub use request::{Method, Protocol, Request, Response};
 pub use server::Server;

@@ -496,7 +496,9 @@ pub(crate) fn put_varint(dst: &mut BytesMut, mut v: u64) {
     dst.put_u8(v as u8);
 }
 
-/// Reads a LEB128 varint of at most 5 bytes (values < 2^32).
+/// Reads a LEB128 varint of at most 5 bytes (values < 2^32) in its
+/// minimal encoding: a last byte of 0 after another byte (e.g. `80 00` for
+/// 0) is malformed, so every length has exactly one encoding.
 fn get_varint(src: &[u8], pos: &mut usize) -> Option<u32> {
     let mut v: u64 = 0;
     for i in 0..5 {
@@ -504,6 +506,9 @@ fn get_varint(src: &[u8], pos: &mut usize) -> Option<u32> {
         *pos += 1;
         v |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
+            if i > 0 && b == 0 {
+                return None;
+            }
             return u32::try_from(v).ok();
         }
     }
@@ -660,12 +665,27 @@ mod tests {
     }
 
     #[test]
+    fn every_length_has_one_encoding() {
+        for n in [0u64, 1, 127, 128, 300, 16_383, 16_384, u32::MAX as u64] {
+            let mut b = BytesMut::new();
+            put_varint(&mut b, n);
+            assert_eq!(b.len(), varint_len(n));
+            let mut pos = 0;
+            assert_eq!(get_varint(&b, &mut pos), Some(n as u32), "{n}");
+            assert_eq!(pos, b.len());
+        }
+    }
+
+    #[test]
     fn bad_blocks_are_errors_not_panics() {
         for block in [
             &[5u8, b'a'][..],
             &[0u8][..],
             &[1, b'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
             &[1, b'a', 10, 1, 2][..],
+            // Non-minimal value lengths: 0 as `80 00`, 1 as `81 80 00`.
+            &[1, b'a', 0x80, 0x00][..],
+            &[1, b'a', 0x81, 0x80, 0x00, b'v'][..],
         ] {
             let r: Result<Vec<_>, _> = BlockIter::new(Bytes::copy_from_slice(block)).collect();
             assert!(r.is_err(), "{block:?}");

@@ -11,13 +11,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use futures_core::Stream;
-use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, Payload};
 use crate::metadata::MetadataMap;
@@ -28,8 +26,10 @@ use crate::status::{Code, Status};
 pub(crate) trait CreditSink: Send + Sync + 'static {
     /// `n` bytes of stream `id` were consumed by the application.
     fn consumed(&self, id: u32, n: usize);
-    /// The consumer was dropped. `ended`: it had seen the end of the stream;
-    /// `unconsumed`: bytes it never consumed (their credit is owed back).
+    /// The consumer is done with the stream: `ended` when it saw the end of
+    /// the stream, false when it was dropped (or timed out) before;
+    /// `unconsumed`: flow-controlled bytes whose credit is still owed back
+    /// (never read, or read but not yet credited).
     fn dropped(&self, id: u32, ended: bool, unconsumed: usize);
 }
 
@@ -48,6 +48,9 @@ struct InState {
     end: Option<Option<Status>>,
     waker: Option<Waker>,
     consumer_gone: bool,
+    /// The reader takes one message and waits for the end of the stream (a
+    /// unary request): the credit of what it holds comes back only then.
+    hold: bool,
 }
 
 impl InboundShared {
@@ -59,6 +62,7 @@ impl InboundShared {
                 end: None,
                 waker: None,
                 consumer_gone: false,
+                hold: false,
             }),
             stats,
         })
@@ -66,6 +70,12 @@ impl InboundShared {
 
     fn lock(&self) -> MutexGuard<'_, InState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The reader will take one message and then wait for the end of the
+    /// stream: hold that message's credit until the end (see [`Incoming`]).
+    pub(crate) fn hold_credit(&self) {
+        self.lock().hold = true;
     }
 
     /// Queues a flow-controlled message (a DATA frame's). Returns false (and
@@ -120,6 +130,12 @@ impl InboundShared {
     }
 }
 
+impl fmt::Debug for InboundShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundShared").finish_non_exhaustive()
+    }
+}
+
 impl Drop for InboundShared {
     fn drop(&mut self) {
         if let Some(s) = &self.stats {
@@ -129,16 +145,41 @@ impl Drop for InboundShared {
     }
 }
 
+/// Carried in the extensions of a server request whose messages arrive in
+/// DATA frames: a unary handler, which reads one message and then waits for
+/// the end of the stream, asks the transport to hold that message's credit
+/// until the end ([`hold_request_credit`]).
+#[derive(Clone, Debug)]
+pub(crate) struct HoldCredit(pub(crate) Arc<InboundShared>);
+
+/// Called by handlers that read exactly one request message (unary and
+/// server-streaming methods) before they read it.
+pub(crate) fn hold_request_credit(extensions: &http::Extensions) {
+    if let Some(h) = extensions.get::<HoldCredit>() {
+        h.0.hold_credit();
+    }
+}
+
 /// The receive side of a stream: a `Stream` of payloads fed by the connection.
-/// Consuming messages returns flow-control credit to the sender.
+///
+/// Consuming messages returns flow-control credit to the sender, in batches
+/// of half the window. The credit for a message is owed once the reader comes
+/// back for the next item: a reader that keeps a message while it does other
+/// work holds the sender back by that much. A unary reader (one message, then
+/// it waits for the end: see [`InboundShared::hold_credit`]) gives the credit
+/// back only at the end of the stream, so a peer that opens many calls, sends
+/// one message on each and never ends them cannot make a server hold more
+/// than its windows allow.
 pub(crate) struct Incoming {
     shared: Arc<InboundShared>,
     sink: Arc<dyn CreditSink>,
     id: u32,
     threshold: usize,
+    /// Consumed bytes whose credit is owed (not yet a full batch).
     unacked: usize,
+    /// The flow-controlled size of the message last handed out.
+    held: usize,
     done: bool,
-    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Incoming {
@@ -147,7 +188,6 @@ impl Incoming {
         sink: Arc<dyn CreditSink>,
         id: u32,
         window: usize,
-        deadline: Option<Instant>,
     ) -> Self {
         Incoming {
             shared,
@@ -155,9 +195,17 @@ impl Incoming {
             id,
             threshold: (window / 2).max(1),
             unacked: 0,
+            held: 0,
             done: false,
-            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         }
+    }
+
+    /// Ends the stream for the reader: what is owed goes back to the
+    /// connection (`ended`: the stream ended normally, so nothing is cancelled).
+    fn finish(&mut self, ended: bool, unconsumed: usize) {
+        self.done = true;
+        let owed = unconsumed + std::mem::take(&mut self.unacked) + std::mem::take(&mut self.held);
+        self.sink.dropped(self.id, ended, owed);
     }
 }
 
@@ -170,15 +218,24 @@ impl Stream for Incoming {
             return Poll::Ready(None);
         }
         let mut st = this.shared.lock();
+        if this.held > 0 && !st.hold {
+            // The reader is done with the message it took last.
+            this.unacked += std::mem::take(&mut this.held);
+            if this.unacked >= this.threshold && st.queue.is_empty() {
+                drop(st);
+                this.sink
+                    .consumed(this.id, std::mem::take(&mut this.unacked));
+                st = this.shared.lock();
+            }
+        }
         if let Some((p, credited)) = st.queue.pop_front() {
             st.buffered -= p.len();
             drop(st);
             if let Some(s) = &this.shared.stats {
                 s.sub_recv_buffered(p.len());
             }
-            if credited {
-                this.unacked += p.len();
-            }
+            // The previous message is done with: its credit is owed now.
+            this.unacked += std::mem::replace(&mut this.held, if credited { p.len() } else { 0 });
             if this.unacked >= this.threshold {
                 this.sink.consumed(this.id, this.unacked);
                 this.unacked = 0;
@@ -187,22 +244,11 @@ impl Stream for Incoming {
         }
         if let Some(end) = st.end.take() {
             drop(st);
-            this.done = true;
+            this.finish(true, 0);
             return Poll::Ready(end.map(Err));
         }
         if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             st.waker = Some(cx.waker().clone());
-        }
-        drop(st);
-        if let Some(sleep) = &mut this.deadline {
-            if sleep.as_mut().poll(cx).is_ready() {
-                this.done = true;
-                this.sink.dropped(this.id, false, this.unacked);
-                this.unacked = 0;
-                return Poll::Ready(Some(Err(Status::deadline_exceeded(
-                    "deadline exceeded while receiving the stream",
-                ))));
-            }
         }
         Poll::Pending
     }
@@ -228,7 +274,7 @@ impl Drop for Incoming {
             s.sub_recv_buffered(buffered);
         }
         if !self.done {
-            self.sink.dropped(self.id, false, unconsumed + self.unacked);
+            self.finish(false, unconsumed);
         }
     }
 }
@@ -329,11 +375,13 @@ impl<T> fmt::Debug for Streaming<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
     #[derive(Default)]
     struct Sink {
         consumed: AtomicUsize,
-        dropped: AtomicUsize,
+        /// (ended, owed) of each `dropped` call.
+        dropped: Mutex<Vec<(bool, usize)>>,
     }
 
     impl CreditSink for Sink {
@@ -341,17 +389,16 @@ mod tests {
             self.consumed.fetch_add(n, Ordering::SeqCst);
         }
         fn dropped(&self, _id: u32, ended: bool, unconsumed: usize) {
-            assert!(!ended);
-            self.dropped.fetch_add(unconsumed + 1, Ordering::SeqCst);
+            self.dropped.lock().unwrap().push((ended, unconsumed));
         }
     }
 
     #[tokio::test]
-    async fn consuming_returns_credit_in_batches_and_end_is_delivered() {
+    async fn credit_comes_back_in_batches_a_message_late_and_in_full_at_the_end() {
         use futures_util::StreamExt;
         let shared = InboundShared::new(None);
         let sink = Arc::new(Sink::default());
-        let mut inc = Incoming::new(shared.clone(), sink.clone(), 1, 10, None);
+        let mut inc = Incoming::new(shared.clone(), sink.clone(), 1, 10);
         for _ in 0..4 {
             assert!(shared.push(Payload::new(vec![0u8; 3])));
         }
@@ -360,32 +407,69 @@ mod tests {
             md.insert("k", "v");
             md
         })));
-        let mut n = 0;
-        while let Some(Ok(_)) = inc.next().await {
-            n += 1;
-            if n == 4 {
-                break;
-            }
+        for _ in 0..4 {
+            assert!(matches!(inc.next().await, Some(Ok(_))));
         }
-        // threshold is 5: credit after 6 and after 12 bytes.
-        assert_eq!(sink.consumed.load(Ordering::SeqCst), 12);
+        // Threshold 5; a message's credit is owed once the reader comes
+        // back: 6 bytes owed (and sent) when the 3rd message is taken; the
+        // 4th message's 3 bytes are still held by the reader.
+        assert_eq!(sink.consumed.load(Ordering::SeqCst), 6);
+        assert!(sink.dropped.lock().unwrap().is_empty());
         let end = inc.next().await;
         assert!(
             matches!(end, Some(Err(ref s)) if s.code() == Code::Ok && s.metadata().get("k") == Some("v"))
         );
+        // Coming back for the end gives the rest back, without cancelling.
+        assert_eq!(sink.consumed.load(Ordering::SeqCst), 12);
+        assert_eq!(*sink.dropped.lock().unwrap(), vec![(true, 0)]);
         assert!(inc.next().await.is_none());
         drop(inc);
-        assert_eq!(sink.dropped.load(Ordering::SeqCst), 0);
+        assert_eq!(sink.dropped.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
-    async fn dropping_early_reports_unconsumed_bytes() {
+    async fn a_reader_that_comes_back_gives_credit_even_if_nothing_is_there() {
+        use futures_util::StreamExt;
         let shared = InboundShared::new(None);
         let sink = Arc::new(Sink::default());
-        let inc = Incoming::new(shared.clone(), sink.clone(), 1, 1000, None);
+        // One message fills the window: the sender waits for its credit, so
+        // it must come back although the next message cannot arrive yet.
+        let mut inc = Incoming::new(shared.clone(), sink.clone(), 1, 100);
+        assert!(shared.push(Payload::new(vec![0u8; 100])));
+        assert!(matches!(inc.next().await, Some(Ok(_))));
+        assert_eq!(sink.consumed.load(Ordering::SeqCst), 0);
+        assert!(futures_util::poll!(inc.next()).is_pending());
+        assert_eq!(sink.consumed.load(Ordering::SeqCst), 100);
+    }
+
+    #[tokio::test]
+    async fn a_unary_reader_holds_its_message_credit_until_the_end() {
+        use futures_util::StreamExt;
+        let shared = InboundShared::new(None);
+        shared.hold_credit();
+        let sink = Arc::new(Sink::default());
+        let mut inc = Incoming::new(shared.clone(), sink.clone(), 1, 2);
+        assert!(shared.push(Payload::new(vec![0u8; 100])));
+        assert!(matches!(inc.next().await, Some(Ok(_))));
+        // A unary reader now waits for the end of the stream: no credit yet.
+        assert!(futures_util::poll!(inc.next()).is_pending());
+        assert_eq!(sink.consumed.load(Ordering::SeqCst), 0);
+        shared.finish(None);
+        assert!(inc.next().await.is_none());
+        assert_eq!(*sink.dropped.lock().unwrap(), vec![(true, 100)]);
+    }
+
+    #[tokio::test]
+    async fn dropping_early_reports_unconsumed_and_held_bytes() {
+        use futures_util::StreamExt;
+        let shared = InboundShared::new(None);
+        let sink = Arc::new(Sink::default());
+        let mut inc = Incoming::new(shared.clone(), sink.clone(), 1, 1000);
+        shared.push(Payload::new(vec![0u8; 5]));
         shared.push(Payload::new(vec![0u8; 7]));
+        assert!(matches!(inc.next().await, Some(Ok(_))));
         drop(inc);
-        assert_eq!(sink.dropped.load(Ordering::SeqCst), 8);
+        assert_eq!(*sink.dropped.lock().unwrap(), vec![(false, 12)]);
         assert!(!shared.push(Payload::new(vec![0u8; 1])));
     }
 

@@ -81,8 +81,16 @@ pub(crate) fn decode_request_head(block: Bytes) -> Result<RequestHead, Status> {
         let (key, value) = entry.map_err(bad)?;
         if key.first() == Some(&b':') {
             match &key[..] {
-                PATH => method = Some(Method::from_bytes(value)?),
+                PATH => {
+                    if method.is_some() {
+                        return Err(bad("repeated :path"));
+                    }
+                    method = Some(Method::from_bytes(value)?);
+                }
                 TIMEOUT => {
+                    if timeout.is_some() {
+                        return Err(bad("repeated :timeout"));
+                    }
                     let micros = parse_decimal(&value)
                         .ok_or_else(|| bad(":timeout is not a decimal number of microseconds"))?;
                     timeout = Some(Duration::from_micros(micros));
@@ -104,9 +112,26 @@ pub(crate) fn decode_request_head(block: Bytes) -> Result<RequestHead, Status> {
 /// Decodes a response HEADERS or TRAILERS block.
 pub(crate) fn decode_response_head(block: Bytes) -> Result<ResponseHead, Status> {
     let mut head = ResponseHead::default();
+    // Each known pseudo-header at most once: bit 0 :status, 1 :message,
+    // 2 :details, 3 :refused.
+    let mut seen = 0u8;
     for entry in BlockIter::new(block) {
         let (key, value) = entry.map_err(internal_bad)?;
         if key.first() == Some(&b':') {
+            let bit = match &key[..] {
+                STATUS => 1,
+                MESSAGE => 2,
+                DETAILS => 4,
+                REFUSED => 8,
+                _ => 0,
+            };
+            if seen & bit != 0 {
+                return Err(internal_bad(format!(
+                    "repeated {}",
+                    String::from_utf8_lossy(&key)
+                )));
+            }
+            seen |= bit;
             match &key[..] {
                 STATUS => {
                     let n = parse_decimal(&value)
@@ -388,6 +413,32 @@ mod tests {
         ] {
             assert_eq!(parse_decimal(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn repeated_pseudo_headers_are_malformed() {
+        use crate::metadata::encode_entry;
+        let block = |entries: &[(&[u8], &[u8])]| {
+            let mut b = BytesMut::new();
+            for (k, v) in entries {
+                encode_entry(&mut b, k, v);
+            }
+            b.freeze()
+        };
+        let twice_path = block(&[(PATH, b"a.B/C"), (PATH, b"a.B/D")]);
+        let e = decode_request_head(twice_path).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("repeated :path"), "{e:?}");
+        let twice_timeout = block(&[(PATH, b"a.B/C"), (TIMEOUT, b"5"), (TIMEOUT, b"9")]);
+        assert!(decode_request_head(twice_timeout).is_err());
+        let twice_status = block(&[(STATUS, b"0"), (STATUS, b"7")]);
+        assert_eq!(
+            decode_response_head(twice_status).unwrap_err().code(),
+            Code::Internal
+        );
+        // An unknown pseudo-header may repeat: it is ignored.
+        let unknown = block(&[(PATH, b"a.B/C"), (b":x", b"1"), (b":x", b"2")]);
+        assert!(decode_request_head(unknown).is_ok());
     }
 
     #[test]

@@ -578,8 +578,17 @@ async fn frames_for_unknown_or_finished_streams_are_ignored() {
         ))
         .await;
     }
-    // None of that is answered, and the connection serves the next call
-    // (stream 3: ids of never-opened streams do not count as opened).
+    // None of that is answered: up to the PONG of a PING sent after it, the
+    // server sends nothing at all.
+    p.send(&raw_frame(kind::PING, 0, 0, &[], b"barrier!")).await;
+    match p.next().await {
+        Seen::Frame(f) if f.frame_type() == Some(FrameType::Pong) => {
+            assert_eq!(&f.payload[..], b"barrier!");
+        }
+        other => panic!("the server answered frames of unknown streams: {other:?}"),
+    }
+    // And the connection serves the next call (stream 3: ids of
+    // never-opened streams do not count as opened).
     echo_works(&mut p, 3).await;
     by.finish().await;
     h.server.shutdown().await;

@@ -255,7 +255,15 @@ async fn a_slowloris_trickle_is_cut_at_the_frame_timeout() {
 async fn a_client_that_never_reads_is_dropped_with_bounded_buffers() {
     let _serial = MEMORY.lock().await;
     let (probe, _events) = Probe::new();
-    let h = start_default(probe).await;
+    // Handlers run concurrently: what they produce for a client that never
+    // reads is bounded by the calls a connection may run at once.
+    let stats = TransportStats::new();
+    let h = start(
+        hostile_server(&stats).max_concurrent_streams(16),
+        stats,
+        probe,
+    )
+    .await;
     let by = Bystander::start(h.addr).await;
     let rss_before = vm_rss_kib();
     let mut p = Peer::handshake(h.addr).await;
@@ -270,8 +278,9 @@ async fn a_client_that_never_reads_is_dropped_with_bounded_buffers() {
         ));
     }
     p.send(&wire).await;
-    // The server stops taking requests while 1 MiB waits for the peer, and
-    // drops the peer once it accepts nothing for the write timeout.
+    // 16 calls run (the others are refused); the server stops writing
+    // replies and starting calls while 1 MiB waits for the peer, and drops
+    // the peer once it accepts nothing for the write timeout.
     let t0 = Instant::now();
     until(SOON, "the non-reader is dropped", || h.stats.open() == 1).await;
     assert!(

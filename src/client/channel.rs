@@ -170,9 +170,11 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        // Calls still running (a response stream being read) keep their
+        // connection until they end; then it closes.
         for slot in self.slots.iter() {
             if let Slot::Ready(conn) = &*lock(slot) {
-                conn.close(Status::cancelled("channel dropped").with_refused(true));
+                conn.release();
             }
         }
     }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::channel::Channel;
-use super::connection::{self, Conn};
+use super::connect;
+use super::connection::Conn;
 use crate::frame::{self, Settings};
 use crate::status::Status;
 
@@ -265,7 +266,7 @@ impl Endpoint {
                 .map_err(|e| Status::unavailable(format!("cannot resolve {}: {e}", self.host)))?;
             let mut last = Status::unavailable(format!("{} resolved to no address", self.host));
             for addr in addrs {
-                match connection::connect(addr, &self.host, &self.config).await {
+                match connect::connect(addr, &self.host, &self.config).await {
                     Ok(conn) => return Ok(conn),
                     Err(e) => last = e,
                 }

@@ -2,9 +2,11 @@
 //! typed calls.
 
 mod channel;
+mod connect;
 mod connection;
 mod endpoint;
 mod probe;
+mod role;
 mod typed;
 
 pub use channel::{Channel, ResponseFuture};

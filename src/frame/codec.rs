@@ -60,6 +60,8 @@ pub enum FrameError {
         /// The limit.
         max: usize,
     },
+    /// (Encoding) a frame of a type this implementation does not know.
+    UnknownType(u8),
     /// An I/O error.
     Io(io::Error),
 }
@@ -96,6 +98,7 @@ impl fmt::Display for FrameError {
             FrameError::BadControlPayload { kind, len } => {
                 write!(f, "malformed {kind:?} frame: a {len}-byte payload")
             }
+            FrameError::UnknownType(t) => write!(f, "cannot encode a frame of unknown type {t}"),
             FrameError::TooLarge { what, len, max } => {
                 write!(f, "{what} of {len} bytes exceeds the limit of {max} bytes")
             }
@@ -296,11 +299,9 @@ impl Encoder<Frame> for FrameCodec {
                 max: self.max_send_message,
             });
         }
-        let kind = frame.frame_type().ok_or(FrameError::BadControlFrame {
-            kind: FrameType::Settings,
-            metadata_len: 0,
-            payload_len: 0,
-        })?;
+        let kind = frame
+            .frame_type()
+            .ok_or(FrameError::UnknownType(frame.header.kind))?;
         dst.reserve(HEADER_LEN + frame.metadata.len() + frame.payload.len());
         put_header(
             dst,
@@ -445,6 +446,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn encoding_an_unknown_type_says_so() {
+        let mut frame = data(1, 1);
+        frame.header.kind = 0x42;
+        let err = FrameCodec::new()
+            .encode(frame, &mut BytesMut::new())
+            .unwrap_err();
+        assert!(matches!(err, FrameError::UnknownType(0x42)));
+        assert_eq!(err.to_string(), "cannot encode a frame of unknown type 66");
     }
 
     #[test]

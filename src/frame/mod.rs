@@ -97,9 +97,10 @@ impl FrameType {
         })
     }
 
-    /// True for frame types that belong to a stream (HEADERS, DATA, TRAILERS,
-    /// CANCEL); the others are connection-level control frames, except
-    /// WINDOW_UPDATE which may be either.
+    /// True for the frame types that carry metadata or messages (HEADERS,
+    /// DATA, TRAILERS), whose sizes are bounded by the receiver's limits; the
+    /// others (SETTINGS, CANCEL, PING, PONG, GOAWAY, WINDOW_UPDATE) are
+    /// control frames, bounded to 16 KiB with exact payload sizes.
     pub fn is_stream_frame(self) -> bool {
         matches!(
             self,
@@ -317,11 +318,15 @@ pub enum GoawayCode {
     InternalError = 2,
     /// The peer broke flow control.
     FlowControlError = 3,
-    /// A frame was larger than allowed and could not be attributed to a stream.
+    /// A control frame's payload has the wrong size for its type (PING not 8
+    /// bytes, SETTINGS not a multiple of 6, ...).
     FrameSizeError = 4,
     /// The peer is generating excessive load (e.g. rapid open/cancel).
     EnhanceYourCalm = 5,
-    /// The connection timed out (handshake, idle, slow reads or writes).
+    /// The peer was too slow: no SETTINGS within the handshake timeout, or a
+    /// frame that did not complete within the frame timeout. (An idle
+    /// connection is closed with NO_ERROR; a peer that reads nothing or
+    /// answers no PING is closed without a GOAWAY.)
     Timeout = 6,
 }
 

@@ -1,5 +1,7 @@
 //! A write buffer that coalesces small frames and queues big payloads by
-//! reference, flushed with vectored writes: payload bytes are never copied.
+//! reference, flushed with vectored writes: payloads of 16 KiB or more are
+//! never copied; smaller ones are copied next to their frame headers (one
+//! write instead of many slices, cheaper than a reference for a few bytes).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};

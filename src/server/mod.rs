@@ -23,13 +23,16 @@
 //! ```
 
 mod accept;
-mod calls;
+mod call;
 mod conn;
+mod limits;
+mod local;
 mod router;
+mod stream;
 
 pub use router::{
     bidi_streaming, client_streaming, server_streaming, unary, BidiStreaming, BoxFuture,
-    ClientStreaming, Handler, RouteFuture, Router, ServerStreaming, Unary,
+    ClientStreaming, Handler, HandlerFn, Route, RouteFuture, Router, ServerStreaming, State, Unary,
 };
 
 use std::future::{pending, Future};
@@ -72,6 +75,9 @@ pub(crate) struct ServerConfig {
     pub(crate) stream_window: u32,
     pub(crate) connection_window: u32,
     pub(crate) stream_idle_timeout: Duration,
+    pub(crate) inline_handlers: bool,
+    pub(crate) max_connection_age: Option<Duration>,
+    pub(crate) max_connection_age_grace: Duration,
     pub(crate) stats: Option<Arc<crate::stats::TransportStats>>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ServerTls>,
@@ -98,6 +104,9 @@ impl Default for ServerConfig {
             stream_window: frame::DEFAULT_STREAM_WINDOW,
             connection_window: frame::DEFAULT_CONNECTION_WINDOW,
             stream_idle_timeout: Duration::from_secs(300),
+            inline_handlers: false,
+            max_connection_age: None,
+            max_connection_age_grace: Duration::from_secs(30),
             stats: None,
             #[cfg(feature = "tls")]
             tls: None,
@@ -270,6 +279,37 @@ impl<L> Server<L> {
     /// (default 2,000 per second). `None` disables the check.
     pub fn max_cancel_rate(mut self, limit: Option<(u32, Duration)>) -> Self {
         self.config.max_cancels = limit;
+        self
+    }
+
+    /// Runs handlers inside their connection's task instead of a task each
+    /// (default off).
+    ///
+    /// By default every call runs as a task of its own, so the calls of one
+    /// connection spread over all worker threads and a handler that burns
+    /// CPU holds up nothing else on its connection (other calls, PINGs).
+    /// Inline mode saves the task per call — a little more throughput for
+    /// handlers known to be cheap and never blocking — at the price of
+    /// running all calls of a connection on one thread at a time: one slow
+    /// `poll` delays every other call of that connection.
+    pub fn inline_handlers(mut self, on: bool) -> Self {
+        self.config.inline_handlers = on;
+        self
+    }
+
+    /// Closes connections older than `age` (±10% jitter) gracefully: GOAWAY,
+    /// then in-flight calls get [`Server::max_connection_age_grace`] to
+    /// finish (default: no maximum age). Clients reconnect — behind an L4
+    /// load balancer they re-spread over the replicas, new ones included.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.config.max_connection_age = Some(age);
+        self
+    }
+
+    /// How long calls may run after a connection reached its maximum age
+    /// (default 30 s); what is left then is closed.
+    pub fn max_connection_age_grace(mut self, grace: Duration) -> Self {
+        self.config.max_connection_age_grace = grace;
         self
     }
 

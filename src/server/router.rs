@@ -13,11 +13,39 @@
 //!     Ok(Response::new(Hello { name: format!("hello {name}") }))
 //! }
 //!
-//! let router = Router::new()
+//! let router: Router = Router::new()
 //!     .route("greeter.Greeter/Greet", unary(greet))                        // JSON
 //!     .route("greeter.Greeter/GreetAny", unary(greet).codec((Json, Proto))); // JSON or protobuf
 //! assert!(router.has_method("greeter.Greeter/Greet"));
 //! ```
+//!
+//! Handlers that need shared state (a database pool, a cache) take it as a
+//! first argument, [`State`], the way axum does; the router gets the state
+//! once with [`Router::with_state`]:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use trpc::{server::{unary, Router, State}, Request, Response, Status};
+//!
+//! #[derive(Clone, Default)]
+//! struct AppState { greeting: Arc<str> }
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Hello { name: String }
+//!
+//! async fn greet(State(app): State<AppState>, req: Request<Hello>) -> Result<Response<Hello>, Status> {
+//!     let name = format!("{} {}", app.greeting, req.into_inner().name);
+//!     Ok(Response::new(Hello { name }))
+//! }
+//!
+//! let router: Router = Router::new()
+//!     .route("greeter.Greeter/Greet", unary(greet))
+//!     .with_state(AppState { greeting: "hello".into() });
+//! ```
+//!
+//! Middleware for some methods only (a timeout that must not cut a
+//! long-lived stream, say) goes on with [`Router::route_layer`], which wraps
+//! the routes added before it; layers for every call go on the server.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,37 +58,74 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use futures_core::Stream;
 use rustc_hash::FxBuildHasher;
+use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Body, Payload};
 use crate::codec::{codec_name, set_codec_name, CodecSet, Json};
 use crate::request::{Request, Response};
-use crate::status::Status;
+use crate::status::{BoxError, Status};
 use crate::stream::Streaming;
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// A type-erased method handler: what the router stores.
-pub trait Handler: Send + Sync + 'static {
-    /// Handles one call.
-    fn call(&self, req: Request<Body>) -> BoxFuture<Result<Response<Body>, Status>>;
+/// A type-erased method handler: what the router stores. `S` is the state
+/// its function takes ([`State`]); `()` for none.
+pub trait Handler<S = ()>: Send + Sync + 'static {
+    /// Handles one call with the router's state.
+    fn call(&self, state: &S, req: Request<Body>) -> BoxFuture<Result<Response<Body>, Status>>;
+}
+
+/// The router's state, as the first argument of a handler function (see
+/// [`Router::with_state`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct State<S>(pub S);
+
+/// A handler function: `async fn(Request<T>) -> Result<Response<U>, Status>`
+/// or, with the router's state, `async fn(State<S>, Request<T>) -> ...`.
+/// `Args` tells the two apart; it is inferred.
+pub trait HandlerFn<S, T, U, Args>: Clone + Send + Sync + 'static {
+    /// The function's future.
+    type Future: Future<Output = Result<Response<U>, Status>> + Send + 'static;
+    /// Calls the function.
+    fn call_fn(&self, state: &S, req: Request<T>) -> Self::Future;
+}
+
+impl<F, Fut, S, T, U> HandlerFn<S, T, U, (Request<T>,)> for F
+where
+    F: Fn(Request<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<U>, Status>> + Send + 'static,
+{
+    type Future = Fut;
+    fn call_fn(&self, _state: &S, req: Request<T>) -> Fut {
+        self(req)
+    }
+}
+
+impl<F, Fut, S, T, U> HandlerFn<S, T, U, (State<S>, Request<T>)> for F
+where
+    F: Fn(State<S>, Request<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<U>, Status>> + Send + 'static,
+    S: Clone,
+{
+    type Future = Fut;
+    fn call_fn(&self, state: &S, req: Request<T>) -> Fut {
+        self(State(state.clone()), req)
+    }
 }
 
 /// A unary handler built by [`unary`].
-pub struct Unary<F, Req, Resp, C> {
+pub struct Unary<F, Req, Resp, C, Args = ()> {
     f: F,
     codec: C,
-    _types: PhantomData<fn(Req) -> Resp>,
+    _types: PhantomData<fn(Req, Args) -> Resp>,
 }
 
-/// Wraps an `async fn(Request<Req>) -> Result<Response<Resp>, Status>` as a
-/// unary handler using JSON; change the codec with [`Unary::codec`].
-pub fn unary<F, Fut, Req, Resp>(f: F) -> Unary<F, Req, Resp, Json>
-where
-    F: Fn(Request<Req>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Resp>, Status>> + Send + 'static,
-{
+/// Wraps an `async fn(Request<Req>) -> Result<Response<Resp>, Status>` (or
+/// one taking [`State`] first) as a unary handler using JSON; change the
+/// codec with [`Unary::codec`].
+pub fn unary<F, Req, Resp, Args>(f: F) -> Unary<F, Req, Resp, Json, Args> {
     Unary {
         f,
         codec: Json,
@@ -68,10 +133,10 @@ where
     }
 }
 
-impl<F, Req, Resp, C> Unary<F, Req, Resp, C> {
+impl<F, Req, Resp, C, Args> Unary<F, Req, Resp, C, Args> {
     /// Accepts messages in `codec` instead: one codec, or a tuple such as
     /// `(Json, Proto)` to accept several (picked per call by `trpc-codec`).
-    pub fn codec<C2: CodecSet<Req, Resp>>(self, codec: C2) -> Unary<F, Req, Resp, C2> {
+    pub fn codec<C2: CodecSet<Req, Resp>>(self, codec: C2) -> Unary<F, Req, Resp, C2, Args> {
         Unary {
             f: self.f,
             codec,
@@ -80,26 +145,31 @@ impl<F, Req, Resp, C> Unary<F, Req, Resp, C> {
     }
 }
 
-impl<F, Fut, Req, Resp, C> Handler for Unary<F, Req, Resp, C>
+impl<S, F, Req, Resp, C, Args> Handler<S> for Unary<F, Req, Resp, C, Args>
 where
-    F: Fn(Request<Req>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Resp>, Status>> + Send + 'static,
+    S: Clone + Send + Sync + 'static,
+    F: HandlerFn<S, Req, Resp, Args>,
     C: CodecSet<Req, Resp>,
     Req: Send + 'static,
     Resp: Send + 'static,
+    Args: 'static,
 {
-    fn call(&self, req: Request<Body>) -> BoxFuture<Result<Response<Body>, Status>> {
+    fn call(&self, state: &S, req: Request<Body>) -> BoxFuture<Result<Response<Body>, Status>> {
         let f = self.f.clone();
         let codecs = self.codec.clone();
+        let state = state.clone();
         Box::pin(async move {
             let which = pick_codec(&codecs, &req)?;
             let (parts, body) = req.into_parts();
+            crate::stream::hold_request_credit(&parts.extensions);
             let payload = match body.into_once() {
                 Ok(p) => p,
                 Err(body) => body.into_single().await?,
             };
             let message = decode_request(&codecs, which, payload)?;
-            let response = f(Request::from_parts(parts, message)).await?;
+            let response = f
+                .call_fn(&state, Request::from_parts(parts, message))
+                .await?;
             typed_response(response, codecs.name_of(which), |message| {
                 let mut buf = BytesMut::new();
                 codecs.encode(which, &message, &mut buf)?;
@@ -109,7 +179,7 @@ where
     }
 }
 
-impl<F, Req, Resp, C: fmt::Debug> fmt::Debug for Unary<F, Req, Resp, C> {
+impl<F, Req, Resp, C: fmt::Debug, Args> fmt::Debug for Unary<F, Req, Resp, C, Args> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Unary").field("codec", &self.codec).finish()
     }
@@ -186,59 +256,57 @@ macro_rules! streaming_handler {
     (
         $(#[$doc:meta])*
         $ctor:ident, $ty:ident,
-        req: $req_ty:ty, resp: $resp_ty:ty,
-        generics: [$($g:ident),*], bounds: [$($bounds:tt)*],
+        req: $req_ty:ty, out: $out_ty:ty, ctor: [$($cg:ident),*] -> $ctor_out:ident,
+        bounds: [$($bounds:tt)*],
         call: |$codecs:ident, $which:ident, $parts:ident, $body:ident| $make_req:expr,
         respond: |$resp:ident| $make_body:expr
     ) => {
         $(#[$doc])*
-        pub struct $ty<F, Req, Resp, C> {
+        pub struct $ty<F, Req, Resp, C, Args, Out> {
             f: F,
             codec: C,
-            _types: PhantomData<fn(Req) -> Resp>,
+            _types: PhantomData<fn(Req, Args) -> (Resp, Out)>,
         }
 
         $(#[$doc])*
-        pub fn $ctor<F, Fut, Req, Resp $(, $g)*>(f: F) -> $ty<F, Req, Resp, Json>
-        where
-            F: Fn(Request<$req_ty>) -> Fut + Clone + Send + Sync + 'static,
-            Fut: Future<Output = Result<Response<$resp_ty>, Status>> + Send + 'static,
-            $($bounds)*
-        {
+        pub fn $ctor<F, Req, Resp, Args $(, $cg)*>(f: F) -> $ty<F, Req, Resp, Json, Args, $ctor_out> {
             $ty { f, codec: Json, _types: PhantomData }
         }
 
-        impl<F, Req, Resp, C> $ty<F, Req, Resp, C> {
+        impl<F, Req, Resp, C, Args, Out> $ty<F, Req, Resp, C, Args, Out> {
             /// Accepts messages in `codec` instead (see [`Unary::codec`]).
-            pub fn codec<C2: CodecSet<Req, Resp>>(self, codec: C2) -> $ty<F, Req, Resp, C2> {
+            pub fn codec<C2: CodecSet<Req, Resp>>(self, codec: C2) -> $ty<F, Req, Resp, C2, Args, Out> {
                 $ty { f: self.f, codec, _types: PhantomData }
             }
         }
 
-        impl<F, Req, Resp, C> fmt::Debug for $ty<F, Req, Resp, C> {
+        impl<F, Req, Resp, C, Args, Out> fmt::Debug for $ty<F, Req, Resp, C, Args, Out> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(stringify!($ty))
             }
         }
 
-        impl<F, Fut, Req, Resp, C $(, $g)*> Handler for $ty<F, Req, Resp, C>
+        impl<St, F, Req, Resp, C, Args, Out> Handler<St> for $ty<F, Req, Resp, C, Args, Out>
         where
-            F: Fn(Request<$req_ty>) -> Fut + Clone + Send + Sync + 'static,
-            Fut: Future<Output = Result<Response<$resp_ty>, Status>> + Send + 'static,
+            St: Clone + Send + Sync + 'static,
+            F: HandlerFn<St, $req_ty, $out_ty, Args>,
             C: CodecSet<Req, Resp>,
             Req: Send + 'static,
             Resp: Send + 'static,
+            Args: 'static,
+            Out: 'static,
             $($bounds)*
         {
-            fn call(&self, req: Request<Body>) -> BoxFuture<Result<Response<Body>, Status>> {
+            fn call(&self, state: &St, req: Request<Body>) -> BoxFuture<Result<Response<Body>, Status>> {
                 let f = self.f.clone();
                 let $codecs = self.codec.clone();
+                let state = state.clone();
                 Box::pin(async move {
                     let $which = pick_codec(&$codecs, &req)?;
                     let name = $codecs.name_of($which);
                     let ($parts, $body) = req.into_parts();
                     let request = $make_req;
-                    let response = f(request).await?;
+                    let response = f.call_fn(&state, request).await?;
                     typed_response(response, name, |$resp| $make_body)
                 })
             }
@@ -249,14 +317,16 @@ macro_rules! streaming_handler {
 streaming_handler! {
     /// A server-streaming handler: one request message in, a stream of
     /// response messages out. Build with [`server_streaming`]; the function is
-    /// `async fn(Request<Req>) -> Result<Response<S>, Status>` where `S` is a
-    /// `Stream<Item = Result<Resp, Status>>`. End the stream with
-    /// `Err(status)` to fail the call after the messages already sent, or with
-    /// `Err(Status::ok_with_trailers(md))` to send trailers.
+    /// `async fn(Request<Req>) -> Result<Response<S>, Status>` (or with
+    /// [`State`] first) where `S` is a `Stream<Item = Result<Resp, Status>>`.
+    /// End the stream with `Err(status)` to fail the call after the messages
+    /// already sent, or with `Err(Status::ok_with_trailers(md))` to send
+    /// trailers.
     server_streaming, ServerStreaming,
-    req: Req, resp: S,
-    generics: [S], bounds: [S: Stream<Item = Result<Resp, Status>> + Send + 'static,],
+    req: Req, out: Out, ctor: [Out] -> Out,
+    bounds: [Out: Stream<Item = Result<Resp, Status>> + Send + 'static,],
     call: |codecs, which, parts, body| {
+        crate::stream::hold_request_credit(&parts.extensions);
         let payload = match body.into_once() {
             Ok(p) => p,
             Err(body) => body.into_single().await?,
@@ -269,10 +339,11 @@ streaming_handler! {
 streaming_handler! {
     /// A client-streaming handler: a stream of request messages in, one
     /// response out. Build with [`client_streaming`]; the function is
-    /// `async fn(Request<Streaming<Req>>) -> Result<Response<Resp>, Status>`.
+    /// `async fn(Request<Streaming<Req>>) -> Result<Response<Resp>, Status>`
+    /// (or with [`State`] first).
     client_streaming, ClientStreaming,
-    req: Streaming<Req>, resp: Resp,
-    generics: [], bounds: [],
+    req: Streaming<Req>, out: Resp, ctor: [] -> Resp,
+    bounds: [],
     call: |codecs, which, parts, body| {
         Request::from_parts(parts, request_stream(&codecs, which, body))
     },
@@ -286,11 +357,11 @@ streaming_handler! {
 streaming_handler! {
     /// A bidirectional-streaming handler: streams both ways. Build with
     /// [`bidi_streaming`]; the function is
-    /// `async fn(Request<Streaming<Req>>) -> Result<Response<S>, Status>` where
-    /// `S` is a `Stream<Item = Result<Resp, Status>>`.
+    /// `async fn(Request<Streaming<Req>>) -> Result<Response<S>, Status>` (or
+    /// with [`State`] first) where `S` is a `Stream<Item = Result<Resp, Status>>`.
     bidi_streaming, BidiStreaming,
-    req: Streaming<Req>, resp: S,
-    generics: [S], bounds: [S: Stream<Item = Result<Resp, Status>> + Send + 'static,],
+    req: Streaming<Req>, out: Out, ctor: [Out] -> Out,
+    bounds: [Out: Stream<Item = Result<Resp, Status>> + Send + 'static,],
     call: |codecs, which, parts, body| {
         Request::from_parts(parts, request_stream(&codecs, which, body))
     },
@@ -300,17 +371,34 @@ streaming_handler! {
 /// Routes calls by method name (`package.Service/Method`) to handlers.
 ///
 /// A `Router` is always ready and never fails at the service level: an unknown
-/// method is an `Unimplemented` status for that call.
-#[derive(Clone, Default)]
-pub struct Router {
+/// method is an `Unimplemented` status for that call. `S` is the state its
+/// handlers take ([`State`]); a router is served once it has its state
+/// ([`Router::with_state`]), i.e. as a `Router<()>`.
+pub struct Router<S = ()> {
     /// Keyed by the name's bytes, so a lookup needs no UTF-8 check; FxHash:
     /// the table is fixed once built, lookups cannot degrade it.
-    routes: Arc<RouteTable>,
+    routes: Arc<RouteTable<S>>,
 }
 
-type RouteTable = HashMap<Box<[u8]>, Arc<dyn Handler>, FxBuildHasher>;
+type RouteTable<S> = HashMap<Box<[u8]>, Arc<dyn Handler<S>>, FxBuildHasher>;
 
-impl Router {
+impl<S> Clone for Router<S> {
+    fn clone(&self) -> Self {
+        Router {
+            routes: self.routes.clone(),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Router<S> {
+    fn default() -> Self {
+        Router {
+            routes: Arc::new(RouteTable::default()),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Router<S> {
     /// An empty router.
     pub fn new() -> Self {
         Router::default()
@@ -320,7 +408,7 @@ impl Router {
     ///
     /// # Panics
     /// If `method` is already routed or has no `/`.
-    pub fn route(mut self, method: &str, handler: impl Handler) -> Self {
+    pub fn route(mut self, method: &str, handler: impl Handler<S>) -> Self {
         assert!(
             method.contains('/'),
             "method {method:?} should look like package.Service/Method"
@@ -332,7 +420,10 @@ impl Router {
     }
 
     /// Adds every method of `other`.
-    pub fn merge(mut self, other: Router) -> Self {
+    ///
+    /// # Panics
+    /// If a method is routed in both.
+    pub fn merge(mut self, other: Router<S>) -> Self {
         for (k, v) in other.routes.iter() {
             let routes = Arc::make_mut(&mut self.routes);
             let prev = routes.insert(k.clone(), v.clone());
@@ -343,6 +434,25 @@ impl Router {
             );
         }
         self
+    }
+
+    /// Gives the handlers their state: the router can then be served (and
+    /// take more routes, of handlers without state, and route layers).
+    pub fn with_state(self, state: S) -> Router<()> {
+        let routes = self
+            .routes
+            .iter()
+            .map(|(k, h)| {
+                let h: Arc<dyn Handler<()>> = Arc::new(WithState {
+                    inner: h.clone(),
+                    state: state.clone(),
+                });
+                (k.clone(), h)
+            })
+            .collect();
+        Router {
+            routes: Arc::new(routes),
+        }
     }
 
     /// True if `method` is routed.
@@ -362,15 +472,119 @@ impl Router {
     }
 }
 
-impl fmt::Debug for Router {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Router")
-            .field("methods", &self.methods())
-            .finish()
+impl Router<()> {
+    /// Wraps every route added so far in `layer` (like axum's
+    /// `Router::route_layer`): per-method middleware, such as a timeout for
+    /// unary methods that must not cut a long-lived stream added after it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use trpc::{server::{server_streaming, unary, Router}, Request, Response, Status};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct M { n: u32 }
+    /// # async fn get(r: Request<M>) -> Result<Response<M>, Status> { Ok(Response::new(r.into_inner())) }
+    /// # async fn watch(r: Request<M>) -> Result<Response<futures_util::stream::Empty<Result<M, Status>>>, Status> {
+    /// #     Ok(Response::new(futures_util::stream::empty()))
+    /// # }
+    /// let router: Router = Router::new()
+    ///     .route("kv.Store/Get", unary(get))
+    ///     .route_layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(1)))
+    ///     .route("kv.Store/Watch", server_streaming(watch)); // no timeout
+    /// ```
+    pub fn route_layer<L>(self, layer: L) -> Router<()>
+    where
+        L: Layer<Route>,
+        L::Service:
+            Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
+        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+    {
+        let routes = self
+            .routes
+            .iter()
+            .map(|(k, h)| {
+                let svc = layer.layer(Route(h.clone()));
+                let h: Arc<dyn Handler<()>> = Arc::new(Layered(svc));
+                (k.clone(), h)
+            })
+            .collect();
+        Router {
+            routes: Arc::new(routes),
+        }
     }
 }
 
-impl Service<Request<Body>> for Router {
+/// A handler with its state.
+struct WithState<S> {
+    inner: Arc<dyn Handler<S>>,
+    state: S,
+}
+
+impl<S: Send + Sync + 'static> Handler<()> for WithState<S> {
+    fn call(&self, _: &(), req: Request<Body>) -> BoxFuture<Result<Response<Body>, Status>> {
+        self.inner.call(&self.state, req)
+    }
+}
+
+/// One route of a router, as a `tower::Service` (what [`Router::route_layer`]
+/// wraps). Always ready.
+#[derive(Clone)]
+pub struct Route(Arc<dyn Handler<()>>);
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Route")
+    }
+}
+
+impl Service<Request<Body>> for Route {
+    type Response = Response<Body>;
+    type Error = Status;
+    type Future = BoxFuture<Result<Response<Body>, Status>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        self.0.call(&(), req)
+    }
+}
+
+/// A route behind a layer.
+struct Layered<T>(T);
+
+impl<T> Handler<()> for Layered<T>
+where
+    T: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+    T::Error: Into<BoxError>,
+    T::Future: Send + 'static,
+{
+    fn call(&self, _: &(), req: Request<Body>) -> BoxFuture<Result<Response<Body>, Status>> {
+        let mut svc = self.0.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| svc.poll_ready(cx))
+                .await
+                .map_err(|e| Status::from_error(e.into()))?;
+            svc.call(req)
+                .await
+                .map_err(|e| Status::from_error(e.into()))
+        })
+    }
+}
+
+impl<S> fmt::Debug for Router<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut methods: Vec<&str> = self
+            .routes
+            .keys()
+            .filter_map(|k| std::str::from_utf8(k).ok())
+            .collect();
+        methods.sort_unstable();
+        f.debug_struct("Router").field("methods", &methods).finish()
+    }
+}
+
+impl Service<Request<Body>> for Router<()> {
     type Response = Response<Body>;
     type Error = Status;
     type Future = RouteFuture;
@@ -381,7 +595,7 @@ impl Service<Request<Body>> for Router {
 
     fn call(&mut self, req: Request<Body>) -> RouteFuture {
         match self.routes.get(&req.method().as_bytes()[..]) {
-            Some(h) => RouteFuture(Inner::Found(h.call(req))),
+            Some(h) => RouteFuture(Inner::Found(h.call(&(), req))),
             None => RouteFuture(Inner::NotFound(Some(Status::unimplemented(format!(
                 "unknown method {:?}",
                 req.method().as_str()

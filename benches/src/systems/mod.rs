@@ -30,6 +30,8 @@ pub(crate) enum System {
     Raw,
     /// trpc, bare stack.
     Trpc,
+    /// trpc, bare stack, handlers polled inside the connection's task.
+    TrpcInline,
     /// trpc with the standard stack: timeout, metrics, trace, auth.
     TrpcStd,
     /// tonic 0.14.
@@ -74,6 +76,7 @@ impl System {
         match self {
             System::Raw => "raw",
             System::Trpc => "trpc",
+            System::TrpcInline => "trpc-inline",
             System::TrpcStd => "trpc-std",
             System::Tonic => "tonic",
             System::Tarpc => "tarpc",
@@ -90,6 +93,7 @@ impl System {
         match self {
             System::Raw => "raw (batching echo)",
             System::Trpc => "trpc (bare)",
+            System::TrpcInline => "trpc (bare, inline handlers)",
             System::TrpcStd => "trpc (standard stack)",
             System::Tonic => "tonic 0.14",
             System::Tarpc => "tarpc 0.38",
@@ -126,7 +130,12 @@ pub(crate) async fn serve(system: System, listener: TcpListener) -> Result<(), S
             raw::serve(listener).await;
             Ok(())
         }
-        System::Trpc => trpc::serve(listener).await.map_err(|e| e.to_string()),
+        System::Trpc => trpc::serve(listener, false)
+            .await
+            .map_err(|e| e.to_string()),
+        System::TrpcInline => trpc::serve(listener, true)
+            .await
+            .map_err(|e| e.to_string()),
         System::TrpcStd
         | System::TrpcTimeout
         | System::TrpcMetrics
@@ -189,7 +198,7 @@ impl Client {
                     .await
                     .map_err(|e| format!("raw: connect to {addr}: {e}"))?,
             ),
-            System::Trpc => Client::Trpc(
+            System::Trpc | System::TrpcInline => Client::Trpc(
                 trpc::connect(addr)
                     .await
                     .map_err(|e| format!("trpc: connect to {addr}: {e}"))?,

@@ -37,10 +37,12 @@ pub(crate) fn router() -> Router {
         .route(DOWNLOAD, server_streaming(download).codec(Proto))
 }
 
-/// Serves the bare stack forever.
-pub(crate) async fn serve(listener: TcpListener) -> io::Result<()> {
+/// Serves the bare stack forever (`inline`: handlers polled in the
+/// connection's task instead of a task each).
+pub(crate) async fn serve(listener: TcpListener, inline: bool) -> io::Result<()> {
     Server::builder()
         .max_message_size(MAX_MESSAGE)
+        .inline_handlers(inline)
         .serve_with_listener(listener, router(), std::future::pending())
         .await
 }

@@ -240,6 +240,11 @@ impl Events {
             .expect("probe senders gone")
     }
 
+    /// An event already reported, if any (does not wait).
+    pub(crate) fn try_next(&mut self) -> Option<Event> {
+        self.0.try_recv().ok()
+    }
+
     /// Waits for the next event and checks it is `expected`.
     pub(crate) async fn expect(&mut self, expected: Event, limit: Duration) {
         let got = self.next_within(limit).await;

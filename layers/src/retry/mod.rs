@@ -5,7 +5,9 @@
 //!
 //! * its code is retryable (default: `UNAVAILABLE`; see [`RetryLayer::retry_on`]);
 //! * it is safe to send again: the method is marked idempotent
-//!   ([`RetryLayer::idempotent`], or an [`Idempotent`] request extension), **or**
+//!   ([`RetryLayer::idempotent`], an [`Idempotent`] request extension, or the
+//!   `.proto`'s `idempotency_level`, which generated clients attach as a
+//!   [`trpc::MethodDescriptor`]), **or**
 //!   the error proves the server never processed it ([`Status::is_refused`]:
 //!   GOAWAY, connection refused...);
 //! * the request can be copied ([`Request::try_clone`]: streaming requests are
@@ -125,6 +127,10 @@ where
             budget.deposit();
         }
         let idempotent = req.extensions().get::<Idempotent>().is_some()
+            || req
+                .extensions()
+                .get::<trpc::MethodDescriptor>()
+                .is_some_and(|m| m.is_idempotent())
             || self.policy.idempotent.matches(req.method().as_str());
         let spare = if self.policy.max_attempts > 1 {
             req.try_clone()

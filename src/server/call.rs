@@ -1,0 +1,419 @@
+//! One server call as a future of its own ([`CallTask`]): the handler, then
+//! for a streaming response the response stream, written as the client's
+//! flow-control windows allow. It writes its own frames into the
+//! connection's shared output, so it runs the same whether the connection
+//! spawns it as a task (the default: handlers use every core) or polls it
+//! in its own task (inline mode, for handlers known to be cheap).
+//!
+//! Deadlines and cancellation are the connection's business: it drops the
+//! call (aborting its task) and answers for it.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream as _;
+use pin_project_lite::pin_project;
+
+use super::stream::ServerStream;
+use crate::body::{Body, Payload};
+use crate::metadata::MetadataMap;
+use crate::proto::{SendError, Shared, State};
+use crate::request::{Method, Response};
+use crate::status::{BoxError, Code, Status};
+use crate::wire;
+
+/// Most bytes one streaming call writes before other tasks get a turn.
+const STREAM_TURN_BYTES: usize = 256 * 1024;
+
+pin_project! {
+    /// A call: its handler future, then its response stream.
+    pub(crate) struct CallTask<F> {
+        shared: Arc<Shared<ServerStream>>,
+        id: u32,
+        method: Method,
+        #[pin]
+        phase: Phase<F>,
+    }
+}
+
+pin_project! {
+    #[project = PhaseProj]
+    enum Phase<F> {
+        Handler { #[pin] fut: F },
+        // A unary outcome waiting for room in the connection's output.
+        Reply { reply: Option<Reply> },
+        Streaming {
+            body: Body,
+            // Response metadata, until the response HEADERS go out.
+            headers: Option<MetadataMap>,
+            // A message waiting for flow-control credit.
+            pending: Option<Payload>,
+            // Bytes written since this call last gave others a turn.
+            written: usize,
+        },
+        Done,
+    }
+}
+
+fn panic_message(p: &(dyn Any + Send)) -> &str {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
+fn panicked(method: &Method, panic: &(dyn Any + Send)) -> Status {
+    let msg = panic_message(panic);
+    tracing::error!(method = %method, panic = msg, "handler panicked; the call fails with INTERNAL");
+    Status::internal(format!("handler panicked: {msg}"))
+}
+
+impl<F, E> CallTask<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: Into<BoxError>,
+{
+    pub(crate) fn new(shared: Arc<Shared<ServerStream>>, id: u32, method: Method, fut: F) -> Self {
+        CallTask {
+            shared,
+            id,
+            method,
+            phase: Phase::Handler { fut },
+        }
+    }
+}
+
+impl<F, E> Future for CallTask<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            match this.phase.as_mut().project() {
+                PhaseProj::Handler { fut } => {
+                    let out = match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(Ok(resp))) => Ok(resp),
+                        Ok(Poll::Ready(Err(e))) => Err(Status::from_error(e.into())),
+                        Err(panic) => Err(panicked(this.method, &*panic)),
+                    };
+                    match out {
+                        Ok(resp) if resp.get_ref().is_stream() => {
+                            let (metadata, _ext, body) = resp.into_parts();
+                            handler_done(this.shared, *this.id);
+                            this.phase.set(Phase::Streaming {
+                                body,
+                                headers: Some(metadata),
+                                pending: None,
+                                written: 0,
+                            });
+                        }
+                        result => {
+                            // Taken apart here: nothing of the handler's is
+                            // dropped with the connection's state locked.
+                            let reply = result.map(|resp| {
+                                let (metadata, _extensions, body) = resp.into_parts();
+                                (metadata, body.into_once().ok())
+                            });
+                            this.phase.set(Phase::Reply { reply: Some(reply) });
+                        }
+                    }
+                }
+                PhaseProj::Reply { reply } => {
+                    if respond(this.shared, *this.id, cx, reply).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.phase.set(Phase::Done);
+                    return Poll::Ready(());
+                }
+                PhaseProj::Streaming {
+                    body,
+                    headers,
+                    pending,
+                    written,
+                } => {
+                    let end = match poll_stream(
+                        this.shared,
+                        *this.id,
+                        this.method,
+                        cx,
+                        body,
+                        headers,
+                        pending,
+                        written,
+                    ) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(end) => end,
+                    };
+                    if let Some(status) = end {
+                        end_stream(this.shared, *this.id, headers.take(), status);
+                    }
+                    this.phase.set(Phase::Done);
+                    return Poll::Ready(());
+                }
+                PhaseProj::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// Writes the response stream as far as flow control and fairness allow.
+/// `Ready(Some(status))`: the stream ended with that status (to be sent);
+/// `Ready(None)`: the stream is gone (cancelled, timed out), nothing to send.
+#[allow(clippy::too_many_arguments)]
+fn poll_stream(
+    shared: &Shared<ServerStream>,
+    id: u32,
+    method: &Method,
+    cx: &mut Context<'_>,
+    body: &mut Body,
+    headers: &mut Option<MetadataMap>,
+    pending: &mut Option<Payload>,
+    written: &mut usize,
+) -> Poll<Option<Status>> {
+    loop {
+        if pending.is_some() {
+            let len = pending.as_ref().map_or(0, Payload::len);
+            match shared.poll_send_data(id, cx, pending) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => *written += len,
+                Poll::Ready(Err(SendError::Closed)) => return Poll::Ready(None),
+                Poll::Ready(Err(SendError::TooLarge { len, max })) => {
+                    return Poll::Ready(Some(too_large(len, max)))
+                }
+            }
+        }
+        if *written >= STREAM_TURN_BYTES {
+            *written = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        match shared.poll_send_capacity(id, cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Poll::Ready(None),
+            Poll::Pending => {
+                send_headers(shared, id, headers);
+                return Poll::Pending;
+            }
+        }
+        let item = match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *body).poll_next(cx))) {
+            Ok(Poll::Pending) => {
+                // Let the client see the response headers now.
+                send_headers(shared, id, headers);
+                return Poll::Pending;
+            }
+            Ok(Poll::Ready(item)) => item,
+            Err(panic) => Some(Err(panicked(method, &*panic))),
+        };
+        match item {
+            Some(Ok(p)) => match headers.take() {
+                // The first message rides in the HEADERS frame (not flow
+                // controlled).
+                Some(md) => match first_message(shared, id, md, p) {
+                    Ok(true) => *written += 1,
+                    Ok(false) => return Poll::Ready(None),
+                    Err(status) => return Poll::Ready(Some(status)),
+                },
+                None => *pending = Some(p),
+            },
+            Some(Err(status)) => return Poll::Ready(Some(status)),
+            None => return Poll::Ready(Some(Status::new(Code::Ok, ""))),
+        }
+    }
+}
+
+fn too_large(len: usize, max: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "response message of {len} bytes exceeds the limit of {max} bytes"
+    ))
+}
+
+/// The largest response message this connection may send now.
+fn max_message(shared: &Shared<ServerStream>, st: &State<ServerStream>) -> usize {
+    st.peer.max_message.min(shared.max_send_message)
+}
+
+/// The handler finished: its request bytes no longer count.
+fn handler_done(shared: &Shared<ServerStream>, id: u32) {
+    let mut st = shared.lock();
+    if let Some(s) = st.streams.get_mut(&id) {
+        let held = std::mem::take(&mut s.ext.held);
+        st.held_bytes -= held;
+    }
+}
+
+/// Sends the response HEADERS (without a message) if not sent yet.
+fn send_headers(shared: &Shared<ServerStream>, id: u32, headers: &mut Option<MetadataMap>) {
+    let Some(md) = headers.take() else {
+        return;
+    };
+    let task = {
+        let mut st = shared.lock();
+        let max_metadata = st.peer.max_metadata;
+        let State { streams, wb, .. } = &mut *st;
+        let Some(s) = streams.get_mut(&id) else {
+            return;
+        };
+        s.ext.headers_sent = true;
+        wire::put_response_headers(wb, id, &md, None, None, max_metadata);
+        st.take_task()
+    };
+    if let Some(w) = task {
+        w.wake();
+    }
+}
+
+/// Sends the response HEADERS with the first message; false when the
+/// stream is gone.
+fn first_message(
+    shared: &Shared<ServerStream>,
+    id: u32,
+    md: MetadataMap,
+    p: Payload,
+) -> Result<bool, Status> {
+    let task = {
+        let mut st = shared.lock();
+        let max = max_message(shared, &st);
+        if p.len() > max {
+            return Err(too_large(p.len(), max));
+        }
+        let max_metadata = st.peer.max_metadata;
+        let State { streams, wb, .. } = &mut *st;
+        let Some(s) = streams.get_mut(&id) else {
+            return Ok(false);
+        };
+        s.ext.headers_sent = true;
+        wire::put_response_headers(wb, id, &md, Some(&p), None, max_metadata);
+        st.take_task()
+    };
+    if let Some(w) = task {
+        w.wake();
+    }
+    Ok(true)
+}
+
+/// Logs a failed call at a level that fits its code.
+pub(crate) fn log_failure(id: u32, status: &Status) {
+    match status.code() {
+        Code::Ok => {}
+        Code::Internal | Code::Unknown | Code::DataLoss => {
+            tracing::warn!(stream = id, %status, "call failed")
+        }
+        _ => tracing::debug!(stream = id, %status, "call failed"),
+    }
+}
+
+/// Ends a streaming response with `status` and closes the stream.
+fn end_stream(
+    shared: &Shared<ServerStream>,
+    id: u32,
+    headers: Option<MetadataMap>,
+    status: Status,
+) {
+    log_failure(id, &status);
+    let task = {
+        let mut st = shared.lock();
+        if !st.streams.contains_key(&id) {
+            return;
+        }
+        let max_metadata = st.peer.max_metadata;
+        match headers {
+            // A successful end with trailers stays a stream (HEADERS, then
+            // TRAILERS) so the client sees trailers as trailers.
+            Some(md) if status.code() == Code::Ok && !status.metadata().is_empty() => {
+                wire::put_response_headers(&mut st.wb, id, &md, None, None, max_metadata);
+                wire::put_trailers(&mut st.wb, id, Some(&status), max_metadata);
+            }
+            Some(md) => {
+                wire::put_response_headers(&mut st.wb, id, &md, None, Some(&status), max_metadata)
+            }
+            None => wire::put_trailers(&mut st.wb, id, Some(&status), max_metadata),
+        }
+        super::stream::close_stream(&mut st, id, "the call already finished");
+        st.take_task()
+    };
+    if let Some(w) = task {
+        w.wake();
+    }
+}
+
+/// A finished unary call's outcome: response metadata and message, or
+/// the error.
+type Reply = Result<(MetadataMap, Option<Payload>), Status>;
+
+/// Writes a finished unary call's outcome, once the output has room, and
+/// closes the stream.
+fn respond(
+    shared: &Shared<ServerStream>,
+    id: u32,
+    cx: &mut Context<'_>,
+    reply: &mut Option<Reply>,
+) -> Poll<()> {
+    let task = {
+        let mut st = shared.lock();
+        if !st.streams.contains_key(&id) {
+            return Poll::Ready(()); // cancelled or timed out: already answered for
+        }
+        if st.poll_write_room(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let Some(reply) = reply.take() else {
+            return Poll::Ready(());
+        };
+        let limits = (max_message(shared, &st), st.peer.max_metadata);
+        write_response(&mut st.wb, id, reply, limits);
+        super::stream::close_stream(&mut st, id, "the call already finished");
+        st.take_task()
+    };
+    if let Some(w) = task {
+        w.wake();
+    }
+    Poll::Ready(())
+}
+
+/// Encodes a finished unary call's outcome: response metadata and message.
+fn write_response(
+    wb: &mut crate::frame::WriteBuf,
+    id: u32,
+    result: Reply,
+    (max_message, max_metadata): (usize, usize),
+) {
+    let status = match result {
+        Ok((metadata, message)) => match message {
+            Some(p) if p.len() > max_message => too_large(p.len(), max_message),
+            message => {
+                let ok = Status::new(Code::Ok, "");
+                wire::put_response_headers(
+                    wb,
+                    id,
+                    &metadata,
+                    message.as_ref(),
+                    Some(&ok),
+                    max_metadata,
+                );
+                return;
+            }
+        },
+        Err(status) => status,
+    };
+    log_failure(id, &status);
+    wire::put_response_headers(
+        wb,
+        id,
+        &MetadataMap::new(),
+        None,
+        Some(&status),
+        max_metadata,
+    );
+}
