@@ -8,6 +8,8 @@
 # The profiled side runs under valgrind, the other side natively. Collection
 # covers the whole run (start-up is noise next to CALLS calls); the report (callgrind_annotate,
 # inclusive and exclusive) lands in $OUT (default /tmp/trpc-callgrind).
+# BIN=path/to/trpc-bench profiles that binary instead of building this tree
+# (e.g. to compare two commits with the same harness).
 set -euo pipefail
 side=${1:?server|client} system=${2:?system} conc=${3:-256} payload=${4:-64} calls=${5:-100000}
 threads=${THREADS:-2}
@@ -15,11 +17,15 @@ out=${OUT:-/tmp/trpc-callgrind}
 mkdir -p "$out"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trpc-target-bench}
 cd "$(dirname "$0")"
-cargo build --release --quiet
-bin=$CARGO_TARGET_DIR/release/trpc-bench
+if [[ -n ${BIN:-} ]]; then
+  bin=$BIN
+else
+  cargo build --release --quiet
+  bin=$CARGO_TARGET_DIR/release/trpc-bench
+fi
 port=$((7400 + RANDOM % 500))
 addr=127.0.0.1:$port
-tag=$side-$system-c$conc-p$payload
+tag=${TAG:-}$side-$system-c$conc-p$payload
 cg=(valgrind --tool=callgrind --callgrind-out-file="$out/$tag.%p.out" --dump-instr=no --collect-jumps=no)
 warm=$((calls / 10))
 

@@ -30,8 +30,9 @@ use tower::{Service, ServiceBuilder};
 use trpc::server::{unary, Router, Server};
 use trpc::stats::TransportStats;
 use trpc::{Body, BoxError, Client, Endpoint, Request, Response, Status};
+use trpc_layers::admin::{Admin, AdminServer};
 use trpc_layers::auth::{Identity, StaticKeys};
-use trpc_layers::metrics::{AdminServer, TransportCollector};
+use trpc_layers::metrics::TransportCollector;
 use trpc_layers::retry::Attempts;
 use trpc_layers::trace::TraceContext;
 use trpc_layers::{
@@ -48,7 +49,7 @@ struct Args {
     /// Run only the client, against this server.
     #[arg(long)]
     connect: Option<SocketAddr>,
-    /// Serve /metrics and /healthz on this address.
+    /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
     /// Log JSON lines.
@@ -103,12 +104,12 @@ fn router() -> Router {
     };
     let admin =
         |_req: Request<Msg>| async move { Ok::<_, Status>(Response::new(msg("reset done"))) };
-    let health = |_req: Request<Msg>| async move { Ok::<_, Status>(Response::new(msg("SERVING"))) };
+    let ping = |_req: Request<Msg>| async move { Ok::<_, Status>(Response::new(msg("pong"))) };
     Router::new()
         .route("demo.Shop/Echo", unary(echo))
         .route("demo.Shop/Flaky", unary(flaky))
         .route("demo.Shop/Admin", unary(admin))
-        .route("grpc.health.v1.Health/Check", unary(health))
+        .route("demo.Shop/Ping", unary(ping))
 }
 
 /// Serves the demo service with every server layer until `shutdown`.
@@ -130,7 +131,7 @@ async fn run_server(
         .layer(TimeoutLayer::new(Duration::from_secs(5)))
         .layer(
             RequireAuthLayer::new(keys)
-                .allow_anonymous("grpc.health.v1.Health/*")
+                .allow_anonymous("demo.Shop/Ping")
                 .require_scope("demo.Shop/Admin", "admin"),
         )
         .layer(CompressionLayer::server());
@@ -162,7 +163,7 @@ where
             RetryLayer::exponential(4)
                 .backoff(Duration::from_millis(20), Duration::from_millis(200))
                 .idempotent("demo.Shop/Flaky")
-                .idempotent("grpc.health.v1.Health/*"),
+                .idempotent("demo.Shop/Ping"),
         )
         .layer(TimeoutLayer::new(Duration::from_millis(500)))
         .layer(CompressionLayer::client())
@@ -240,10 +241,10 @@ async fn run_client(
         Ok(m) => println!("unexpectedly allowed: {m:?}"),
         Err(e) => println!("no admin scope -> {} ({})", e.code(), e.message()),
     }
-    let health: Msg = Client::new(channel.clone())
-        .unary_message("grpc.health.v1.Health/Check", msg(""))
+    let pong: Msg = Client::new(channel.clone())
+        .unary_message("demo.Shop/Ping", msg(""))
         .await?;
-    println!("health check without credentials -> {}", health.message);
+    println!("anonymous ping without credentials -> {}", pong.message);
 
     println!("\n== a compressed payload (gzip both ways)");
     let big = "a compressible line of text, repeated. ".repeat(256 * 1024 / 39);
@@ -306,10 +307,21 @@ async fn main() -> Result<(), BoxError> {
     let demo = args.listen.is_none() && args.connect.is_none();
     init_logging(args.json, if demo { "warn" } else { "info" });
     let registry = Registry::new();
-    let admin = match (args.metrics, demo) {
-        (Some(addr), _) => Some(AdminServer::bind(addr, registry.clone()).await?),
-        (None, true) => Some(AdminServer::bind("127.0.0.1:0".parse()?, registry.clone()).await?),
+    let admin_at = match (args.metrics, demo) {
+        (Some(addr), _) => Some(addr),
+        (None, true) => Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         (None, false) => None,
+    };
+    let admin = match admin_at {
+        // /metrics, /healthz and /readyz (admin::Admin takes health checks
+        // and pages of your own too).
+        Some(addr) => Some(
+            Admin::builder()
+                .metrics(registry.clone())
+                .bind(addr)
+                .await?,
+        ),
+        None => None,
     };
     if let Some(admin) = &admin {
         println!("metrics on http://{}/metrics", admin.local_addr());

@@ -64,7 +64,9 @@ fn check_text(value: &str) -> Result<(), InvalidMetadata> {
     let b = value.as_bytes();
     let c0 = |c: u8| (c < 0x20 && c != b'\t') || c == 0x7f;
     let c1 = |w: &[u8]| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1]);
-    if b.iter().any(|&c| c0(c)) || b.windows(2).any(c1) {
+    // A fold without early exit is vectorised; C1 needs non-ASCII bytes.
+    let has_c0 = b.iter().fold(false, |bad, &c| bad | c0(c));
+    if has_c0 || (!b.is_ascii() && b.windows(2).any(c1)) {
         return Err(InvalidMetadata::new(
             "text value contains control characters",
         ));

@@ -335,20 +335,30 @@ impl Status {
     ///
     /// The error itself and then its `source()` chain are searched for a known type:
     ///
-    /// | error | code |
-    /// |---|---|
-    /// | `Status` | itself |
-    /// | `tower::timeout::error::Elapsed`, `tokio::time::error::Elapsed` | `DeadlineExceeded` |
-    /// | `tower::load_shed::error::Overloaded` | `ResourceExhausted` |
-    /// | `tower::buffer::error::Closed` | `Unavailable` |
-    /// | `tower::balance` discovery errors | `Unavailable` |
-    /// | `std::io::Error` (refused, reset, broken pipe, EOF, ...) | `Unavailable` (`TimedOut`: `DeadlineExceeded`) |
-    /// | anything else | `Unknown` with the error's text |
+    /// | error | code | message |
+    /// |---|---|---|
+    /// | `Status` | itself | itself |
+    /// | `tower::timeout::error::Elapsed` | `DeadlineExceeded` | `timeout: request timed out` |
+    /// | `tokio::time::error::Elapsed` | `DeadlineExceeded` | `timeout: deadline has elapsed` |
+    /// | `tower::load_shed::error::Overloaded` | `ResourceExhausted` | `load shed: service overloaded` |
+    /// | `tower::buffer::error::Closed` | `Unavailable` | `buffer: buffer's worker closed unexpectedly` |
+    /// | `tower::balance::error::Discover` (cargo feature `tower-balance`) | `Unavailable` | `balance: load balancer discovery error: ...` |
+    /// | `std::io::Error` | see [`Status::from_io_error`] | `transport error: ...` |
+    /// | anything else | `Unknown` | the error's text |
+    ///
+    /// The tower middleware named here are the ones the core's own tower
+    /// features include (`timeout`, `load-shed`, `buffer`): classifying them
+    /// costs no dependency. Balancing pulls in more of tower, so its errors
+    /// are classified only with the `tower-balance` feature, which a crate
+    /// balancing with tower turns on. Unless the error is a `Status`, the
+    /// status's `source()` is the original error.
     ///
     /// ```
     /// use trpc::{Code, Status};
     /// let err: trpc::BoxError = Box::new(tower::timeout::error::Elapsed::new());
-    /// assert_eq!(Status::from_error(err).code(), Code::DeadlineExceeded);
+    /// let status = Status::from_error(err);
+    /// assert_eq!(status.code(), Code::DeadlineExceeded);
+    /// assert_eq!(status.message(), "timeout: request timed out");
     /// ```
     pub fn from_error(err: BoxError) -> Status {
         let err = match err.downcast::<Status>() {
@@ -357,8 +367,12 @@ impl Status {
         };
         let mut cur: Option<&(dyn StdError + 'static)> = Some(&*err);
         while let Some(e) = cur {
+            if let Some(s) = e.downcast_ref::<Status>() {
+                // A status wrapped in another error: the status is the answer.
+                return s.clone();
+            }
             if let Some(status) = Self::from_known(e) {
-                return status;
+                return status.with_source(err);
             }
             cur = e.source();
         }
@@ -379,22 +393,24 @@ impl Status {
         Code::Unknown
     }
 
-    /// The one table of known error types: their code and a message prefix.
+    /// The one table of known error types: their code, and the middleware
+    /// that raised them (the message prefix).
     fn classify(e: &(dyn StdError + 'static)) -> Option<(Code, &'static str)> {
         if let Some(s) = e.downcast_ref::<Status>() {
             return Some((s.code(), ""));
         }
         if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
-            return Some((Code::DeadlineExceeded, "deadline exceeded"));
+            return Some((Code::DeadlineExceeded, "timeout"));
         }
         if e.is::<tower::load_shed::error::Overloaded>() {
-            return Some((Code::ResourceExhausted, "load shed: service overloaded"));
+            return Some((Code::ResourceExhausted, "load shed"));
         }
         if e.is::<tower::buffer::error::Closed>() {
-            return Some((Code::Unavailable, "buffer closed"));
+            return Some((Code::Unavailable, "buffer"));
         }
+        #[cfg(feature = "tower-balance")]
         if e.is::<tower::balance::error::Discover>() {
-            return Some((Code::Unavailable, "discovery failed"));
+            return Some((Code::Unavailable, "balance"));
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             return Some((Status::from_io_error(io).code(), ""));
@@ -402,19 +418,19 @@ impl Status {
         None
     }
 
+    /// The status of a known error that is not a `Status`.
     fn from_known(e: &(dyn StdError + 'static)) -> Option<Status> {
-        if let Some(s) = e.downcast_ref::<Status>() {
-            return Some(s.clone());
-        }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             return Some(Status::from_io_error(io));
         }
-        let (code, prefix) = Self::classify(e)?;
-        Some(Status::new(code, format!("{prefix}: {e}")))
+        let (code, middleware) = Self::classify(e)?;
+        Some(Status::new(code, format!("{middleware}: {e}")))
     }
 
-    /// Maps an I/O error: connection-level failures are `Unavailable`, `TimedOut`
-    /// is `DeadlineExceeded`, others are `Unknown`.
+    /// Maps an I/O error: `TimedOut` is `DeadlineExceeded`, `InvalidData` and
+    /// `InvalidInput` (a peer or codec broke the protocol) are `Internal`, and
+    /// every other kind (refused, reset, broken pipe, EOF, ...) is
+    /// `Unavailable`: the transport failed and another attempt may succeed.
     pub fn from_io_error(e: &io::Error) -> Status {
         use io::ErrorKind::*;
         let code = match e.kind() {
@@ -493,28 +509,94 @@ mod tests {
         assert_eq!(Code::parse("nope"), None);
     }
 
+    /// Every mapping of the table in [`Status::from_error`], code and message.
     #[test]
     fn from_error_maps_stock_tower_errors() {
-        let cases: Vec<(BoxError, Code)> = vec![
-            (Box::new(Status::not_found("x")), Code::NotFound),
+        let cases: Vec<(BoxError, Code, &str)> = vec![
+            (Box::new(Status::not_found("x")), Code::NotFound, "x"),
             (
                 Box::new(tower::timeout::error::Elapsed::new()),
                 Code::DeadlineExceeded,
+                "timeout: request timed out",
             ),
             (
                 Box::new(tower::load_shed::error::Overloaded::new()),
                 Code::ResourceExhausted,
+                "load shed: service overloaded",
             ),
             (
                 Box::new(io::Error::from(io::ErrorKind::ConnectionRefused)),
                 Code::Unavailable,
+                "transport error: connection refused",
             ),
-            ("something odd".into(), Code::Unknown),
+            ("something odd".into(), Code::Unknown, "something odd"),
         ];
-        for (err, code) in cases {
+        for (err, code, message) in cases {
             assert_eq!(Status::code_of(&*err), code);
-            assert_eq!(Status::from_error(err).code(), code);
+            let status = Status::from_error(err);
+            assert_eq!(status.code(), code);
+            assert_eq!(status.message(), message);
         }
+    }
+
+    #[tokio::test]
+    async fn from_error_maps_a_tokio_timeout() {
+        let err = tokio::time::timeout(std::time::Duration::ZERO, std::future::pending::<()>())
+            .await
+            .unwrap_err();
+        let status = Status::from_error(Box::new(err));
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(status.message(), "timeout: deadline has elapsed");
+        assert!(StdError::source(&status).is_some_and(|e| e.is::<tokio::time::error::Elapsed>()));
+    }
+
+    #[tokio::test]
+    async fn from_error_maps_a_closed_buffer() {
+        use tower::Service;
+        let svc = tower::service_fn(|_: ()| async { Ok::<(), BoxError>(()) });
+        let (mut buffer, worker) = tower::buffer::Buffer::pair(svc, 1);
+        // The worker is gone: the buffer is closed.
+        drop(worker);
+        let err = std::future::poll_fn(|cx| buffer.poll_ready(cx))
+            .await
+            .unwrap_err();
+        assert_eq!(Status::code_of(&*err), Code::Unavailable);
+        let status = Status::from_error(err);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "buffer: buffer's worker closed unexpectedly"
+        );
+    }
+
+    #[cfg(feature = "tower-balance")]
+    #[test]
+    fn from_error_maps_a_balance_discovery_error() {
+        use std::future::Ready;
+        use std::task::{Context, Poll};
+        use tower::balance::p2c::Balance;
+        use tower::discover::Change;
+        use tower::load::Constant;
+        use tower::util::ServiceFn;
+        use tower::Service;
+
+        type Endpoint = Constant<ServiceFn<fn(()) -> Ready<Result<(), BoxError>>>, usize>;
+        let changes = futures_util::stream::iter(vec![Err::<Change<usize, Endpoint>, BoxError>(
+            "registry unreachable".into(),
+        )]);
+        let mut balance: Balance<_, ()> = Balance::new(changes);
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let err = match balance.poll_ready(&mut cx) {
+            Poll::Ready(Err(e)) => e,
+            _ => panic!("expected a discovery error"),
+        };
+        assert_eq!(Status::code_of(&*err), Code::Unavailable);
+        let status = Status::from_error(err);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "balance: load balancer discovery error: registry unreachable"
+        );
     }
 
     #[derive(Debug)]

@@ -128,8 +128,12 @@ struct RunArgs {
     #[arg(long)]
     unary_only: bool,
     /// Skip pricing each layer of the standard stack.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "layers_only")]
     no_layers: bool,
+    /// Only price each layer of the standard stack (no unary cells, no
+    /// extras): a short run to compare two builds' layers.
+    #[arg(long)]
+    layers_only: bool,
     /// Also write the markdown report to this file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -227,7 +231,9 @@ fn bench(args: RunArgs) {
     } else {
         args.systems.clone()
     };
-    if !systems.contains(&System::Raw) {
+    if args.layers_only {
+        systems.clear();
+    } else if !systems.contains(&System::Raw) {
         systems.push(System::Raw);
     }
     systems.sort();
@@ -255,7 +261,7 @@ fn bench(args: RunArgs) {
         stream_total: if quick { 64 << 20 } else { 256 << 20 },
         stream_chunk: 64 << 10,
         idle_conns: 1000,
-        unary_only: args.unary_only,
+        unary_only: args.unary_only || args.layers_only,
         layers: !args.no_layers,
         command,
     };

@@ -81,8 +81,10 @@ pub(crate) fn trpc_version() -> String {
     }
 }
 
-/// A target of issue #6 and whether it holds.
+/// A target of an issue and whether it holds.
 struct Target {
+    /// The issue that set it.
+    source: &'static str,
     what: String,
     measured: Option<f64>,
     goal: f64,
@@ -138,6 +140,7 @@ impl Report {
     #[allow(clippy::too_many_arguments)]
     fn unary_target(
         &self,
+        source: &'static str,
         what: &str,
         a: System,
         b: System,
@@ -151,6 +154,7 @@ impl Report {
             _ => None,
         };
         Target {
+            source,
             what: what.into(),
             measured,
             goal,
@@ -166,15 +170,28 @@ impl Report {
         let c64 = self.cell(64, 256);
         vec![
             self.unary_target(
+                "#11",
                 "64 B, 256 in flight: trpc req/s ÷ raw",
                 trpc,
                 raw,
                 c64,
-                0.5,
+                0.6,
                 true,
                 rps,
             ),
             self.unary_target(
+                "#11",
+                "64 B, 256 in flight: trpc req/s ÷ tarpc",
+                trpc,
+                System::Tarpc,
+                c64,
+                2.0,
+                true,
+                rps,
+            ),
+            self.layer_target(),
+            self.unary_target(
+                "#6",
                 "64 B, 256 in flight: trpc req/s ÷ tarpc",
                 trpc,
                 System::Tarpc,
@@ -184,6 +201,7 @@ impl Report {
                 rps,
             ),
             self.unary_target(
+                "#6",
                 "64 B, 256 in flight: trpc req/s ÷ tonic",
                 trpc,
                 System::Tonic,
@@ -194,6 +212,7 @@ impl Report {
             ),
             self.std_target(c64),
             self.unary_target(
+                "#14",
                 "64 B, 256 in flight: trpc (gRPC) req/s ÷ tonic",
                 System::TrpcGrpc,
                 System::Tonic,
@@ -203,6 +222,7 @@ impl Report {
                 rps,
             ),
             self.unary_target(
+                "#14",
                 "64 B, 256 in flight: trpc (gRPC) server CPU/call ÷ tonic",
                 System::TrpcGrpc,
                 System::Tonic,
@@ -212,6 +232,7 @@ impl Report {
                 |s| s.server_cpu_us,
             ),
             self.unary_target(
+                "#6",
                 "4 KiB, 64 in flight: trpc req/s ÷ raw",
                 trpc,
                 raw,
@@ -221,6 +242,7 @@ impl Report {
                 rps,
             ),
             self.unary_target(
+                "#6",
                 "64 B, 1 in flight: trpc p50 ÷ raw p50",
                 trpc,
                 raw,
@@ -230,6 +252,7 @@ impl Report {
                 p50,
             ),
             Target {
+                source: "#6",
                 what: "server memory per idle connection, trpc".into(),
                 measured: self.results.memory.get(&trpc).map(|m| m.per_conn_kib),
                 goal: 8.0,
@@ -237,6 +260,7 @@ impl Report {
                 unit: " KiB",
             },
             Target {
+                source: "#6",
                 what: format!("{} round trip: trpc MiB/s ÷ raw", fmt_size(self.plan.big)),
                 measured: self.big_ratio(trpc),
                 goal: 0.7,
@@ -244,6 +268,7 @@ impl Report {
                 unit: "×",
             },
             Target {
+                source: "#6",
                 what: "streaming download: trpc MiB/s ÷ raw".into(),
                 measured: self.stream_ratio(trpc),
                 goal: 0.7,
@@ -253,11 +278,39 @@ impl Report {
         ]
     }
 
+    /// The standard stack against the bare stack, side by side in the layer
+    /// costs (issue #12).
+    fn layer_target(&self) -> Target {
+        let measured = match (
+            self.results.layers.get(&System::TrpcStd),
+            self.results.layers.get(&System::Trpc),
+        ) {
+            (Some(a), Some(b)) if a.len() == b.len() && !a.is_empty() => Some(median(
+                a.iter().zip(b).map(|(x, y)| x.rps / y.rps).collect(),
+            )),
+            _ => None,
+        };
+        Target {
+            source: "#12",
+            what: format!(
+                "{} B, {} in flight: trpc standard stack req/s ÷ bare",
+                LAYER_CELL.payload, LAYER_CELL.concurrency
+            ),
+            measured,
+            goal: 0.75,
+            at_least: true,
+            unit: "×",
+        }
+    }
+
     fn std_target(&self, cell: Option<Cell>) -> Target {
         let what = "64 B, 256 in flight: trpc standard stack req/s ÷ raw";
         match System::standard_stack() {
-            Some(std) => self.unary_target(what, std, System::Raw, cell, 0.4, true, |s| s.rps),
+            Some(std) => {
+                self.unary_target("#6", what, std, System::Raw, cell, 0.4, true, |s| s.rps)
+            }
             None => Target {
+                source: "#6",
                 what: what.into(),
                 measured: None,
                 goal: 0.4,
@@ -449,10 +502,10 @@ impl fmt::Display for Report {
         }
         self.fmt_layers(f)?;
         writeln!(f)?;
-        writeln!(f, "### Targets (issue #6)")?;
+        writeln!(f, "### Targets")?;
         writeln!(f)?;
-        writeln!(f, "| target | goal | measured | verdict |")?;
-        writeln!(f, "|---|---:|---:|---|")?;
+        writeln!(f, "| issue | target | goal | measured | verdict |")?;
+        writeln!(f, "|---|---|---:|---:|---|")?;
         for t in self.targets() {
             let goal = format!(
                 "{} {:.2}{}",
@@ -464,7 +517,13 @@ impl fmt::Display for Report {
                 Some(m) if !m.is_nan() => format!("{m:.2}{}", t.unit),
                 _ => "–".into(),
             };
-            writeln!(f, "| {} | {goal} | {measured} | {} |", t.what, t.verdict())?;
+            writeln!(
+                f,
+                "| {} | {} | {goal} | {measured} | {} |",
+                t.source,
+                t.what,
+                t.verdict()
+            )?;
         }
         if !self.results.big.is_empty() {
             writeln!(f)?;

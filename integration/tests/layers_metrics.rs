@@ -10,7 +10,8 @@ use tower::ServiceBuilder;
 use trpc::server::{server_streaming, unary, Router, Server};
 use trpc::stats::TransportStats;
 use trpc::{Client, Code, Request, Response, Status};
-use trpc_layers::metrics::{AdminServer, TransportCollector};
+use trpc_layers::admin::AdminServer;
+use trpc_layers::metrics::TransportCollector;
 use trpc_layers::MetricsLayer;
 
 fn router() -> Router {
@@ -103,8 +104,14 @@ async fn metrics_are_served_over_http_and_count_calls_bytes_streams_and_connecti
 
     let (code, text) = http_get(admin.local_addr(), "/metrics").await;
     assert_eq!(code, 200);
+    // Per-method families carry the wire protocol too: every call here came
+    // over trpc's own protocol.
     let get = |name: &str, labels: &[(&str, &str)]| {
-        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
+        let mut labels = labels.to_vec();
+        if labels.iter().any(|(k, _)| *k == "method") {
+            labels.push(("protocol", "trpc"));
+        }
+        sample(&text, name, &labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
     };
     for side in ["client", "server"] {
         let calls = format!("trpc_{side}_calls_total");
@@ -150,8 +157,10 @@ async fn metrics_are_served_over_http_and_count_calls_bytes_streams_and_connecti
     );
     assert!(get("trpc_server_bytes_received_total", &[]) > 0.0);
 
-    let (code, body) = http_get(admin.local_addr(), "/healthz").await;
-    assert_eq!((code, body.trim()), (200, "ok"));
+    for path in ["/healthz", "/readyz"] {
+        let (code, body) = http_get(admin.local_addr(), path).await;
+        assert_eq!((code, body.trim()), (200, "ok"), "{path}");
+    }
     let (code, _) = http_get(admin.local_addr(), "/nope").await;
     assert_eq!(code, 404);
 

@@ -121,19 +121,19 @@ async fn a_bidi_stream_runs_through_every_layer_on_both_sides() {
         let calls = sample(
             &text,
             &format!("trpc_{side}_calls_total"),
-            &[("method", "s.S/Echo"), ("code", "OK")],
+            &[("method", "s.S/Echo"), ("code", "OK"), ("protocol", "trpc")],
         );
         assert_eq!(calls, Some(1.0), "{side} calls in:\n{text}");
         let sent = sample(
             &text,
             &format!("trpc_{side}_request_messages_total"),
-            &[("method", "s.S/Echo")],
+            &[("method", "s.S/Echo"), ("protocol", "trpc")],
         );
         assert_eq!(sent, Some(20.0), "{side} request messages in:\n{text}");
         let received = sample(
             &text,
             &format!("trpc_{side}_response_messages_total"),
-            &[("method", "s.S/Echo")],
+            &[("method", "s.S/Echo"), ("protocol", "trpc")],
         );
         assert_eq!(received, Some(20.0), "{side} response messages in:\n{text}");
     }

@@ -111,10 +111,49 @@ async fn the_server_narrows_the_deadline_and_drops_the_handler_when_it_passes() 
     .await
     .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    // The server says it gave up, not what a client would say.
+    assert!(err.message().contains("server"), "{err}");
+    assert!(
+        !err.message().contains("before the response arrived"),
+        "{err}"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(5),
         "took {:?}",
         start.elapsed()
+    );
+    assert_eq!(
+        within(SOON, "handler dropped", dropped.recv()).await,
+        Some(true)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn over_a_channel_the_client_deadline_is_enforced_by_the_channel() {
+    let (tx, mut dropped) = mpsc::unbounded_channel();
+    let server = serve(Server::builder(), router(tx)).await;
+    let mut client = Client::new(
+        ServiceBuilder::new()
+            .layer(TimeoutLayer::new(Duration::from_millis(100)))
+            .service(connect(server.addr).await),
+    );
+    let start = Instant::now();
+    let err = within(
+        SOON,
+        "hanging call",
+        client.unary_message::<Msg, Msg>("d.Svc/Hang", Msg::new("")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    // The channel's timer ended the call (the layer keeps none when the
+    // channel takes the deadline on), and the server dropped the handler.
+    assert_ne!(
+        err.message(),
+        "deadline exceeded before the response arrived",
+        "the layer timed the call"
     );
     assert_eq!(
         within(SOON, "handler dropped", dropped.recv()).await,

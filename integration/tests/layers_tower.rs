@@ -85,12 +85,17 @@ async fn client_rate_limit_behind_load_shed_and_trpc_layers_is_resource_exhauste
     .await
     .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert_eq!(err.message(), "load shed: service overloaded");
     let text = layers_common_scrape(&registry);
     let calls = |code| {
         sample(
             &text,
             "trpc_client_calls_total",
-            &[("method", "t.Svc/Say"), ("code", code)],
+            &[
+                ("method", "t.Svc/Say"),
+                ("code", code),
+                ("protocol", "trpc"),
+            ],
         )
     };
     assert_eq!(calls("OK"), Some(1.0));
@@ -220,7 +225,11 @@ async fn a_tower_timeout_inside_trpc_server_layers_is_deadline_exceeded_and_coun
         sample(
             &text,
             "trpc_server_calls_total",
-            &[("method", "t.Svc/Sleep"), ("code", "DEADLINE_EXCEEDED")]
+            &[
+                ("method", "t.Svc/Sleep"),
+                ("code", "DEADLINE_EXCEEDED"),
+                ("protocol", "trpc")
+            ]
         ),
         Some(1.0)
     );

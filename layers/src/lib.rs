@@ -9,7 +9,8 @@
 //! | [`TimeoutLayer`] | [`timeout`] | `timeout` | client (sets the deadline), server (enforces min(caller, server)) |
 //! | [`RetryLayer`] | [`retry`] | `retry` | client |
 //! | [`TraceLayer`] | [`trace`] | `trace` | client and server |
-//! | [`MetricsLayer`] | [`metrics`] | `metrics` | client and server, plus `/metrics` |
+//! | [`MetricsLayer`] | [`metrics`] | `metrics` | client and server |
+//! | [`Admin`](admin::Admin) (HTTP: `/metrics`, `/healthz`, `/readyz`) | [`admin`] | `admin` | server process |
 //! | [`AuthLayer`], [`RequireAuthLayer`] | [`auth`] | `auth` | client, server |
 //! | [`CompressionLayer`] | [`compression`] | `compression` = `gzip` + `snappy` + `zstd` (any one enables the module) | client and server |
 //! | [`BalanceLayer`] over a [`Discovery`] | [`balance`], [`discovery`] | `balance`, `discovery`; `etcd` (off by default) for the etcd registry | client |
@@ -54,8 +55,11 @@
 //! [trpc]: https://docs.rs/trpc
 //! [tower]: https://docs.rs/tower
 
+mod side;
 mod util;
 
+#[cfg(feature = "admin")]
+pub mod admin;
 #[cfg(feature = "auth")]
 pub mod auth;
 #[cfg(feature = "balance")]
@@ -77,6 +81,8 @@ pub mod trace;
 
 #[cfg(test)]
 mod test_util;
+
+pub use side::Side;
 
 #[cfg(feature = "auth")]
 pub use auth::{AuthLayer, RequireAuthLayer};

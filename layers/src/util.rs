@@ -45,27 +45,63 @@ pub(crate) fn dropped_outcome(deadline: Option<tokio::time::Instant>) -> (Code, 
     }
 }
 
-/// A fast, well-mixed pseudo-random `u64` (splitmix64 over a counter seeded from
-/// the process's random hash keys). Good for jitter and trace ids; not for keys.
+/// A fast, well-mixed pseudo-random `u64` (splitmix64 over a per-thread
+/// counter, each thread's seeded from the process's random hash keys, so no
+/// two threads share a cache line). Good for jitter and trace ids; not for keys.
 pub(crate) fn random_u64() -> u64 {
-    static STATE: AtomicU64 = AtomicU64::new(0);
+    use std::cell::Cell;
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let seed = *SEED.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
-        );
-        h.finish()
-    });
-    let n = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-    let mut z = n.wrapping_add(seed);
+    static THREADS: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let seed = *SEED.get_or_init(|| {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0),
+                );
+                h.finish()
+            });
+            // Threads start far apart in the sequence.
+            seed ^ mix(THREADS.fetch_add(1, Ordering::Relaxed).wrapping_add(1))
+        });
+    }
+    STATE.with(|s| {
+        let n = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        s.set(n);
+        mix(n)
+    })
+}
+
+/// The splitmix64 finaliser.
+fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The slot of the current thread among [`slots`]: threads are numbered as
+/// they first ask, so up to `slots()` threads never share one. Per-thread
+/// copies of shared state (metric stripes, identities) indexed by it are
+/// written or reference-counted by one thread only.
+pub(crate) fn slot() -> usize {
+    thread_local! {
+        static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+    }
+    static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    SLOT.with(|s| *s) & (slots() - 1)
+}
+
+/// How many slots [`slot`] hands out: twice the CPUs, a power of two in 4..=64.
+pub(crate) fn slots() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+        (2 * cpus).next_power_of_two().clamp(4, 64)
+    })
 }
 
 /// A set of method patterns: `pkg.Service/Method` (exact), `pkg.Service/*`
@@ -123,9 +159,19 @@ mod tests {
     }
 
     #[test]
-    fn random_numbers_differ() {
+    fn random_numbers_differ_within_and_across_threads() {
         let a = random_u64();
         let b = random_u64();
         assert_ne!(a, b);
+        let c = std::thread::spawn(random_u64).join().unwrap();
+        assert!(c != a && c != b);
+    }
+
+    #[test]
+    fn slots_are_in_range_and_stable_per_thread() {
+        let s = slot();
+        assert!(s < slots());
+        assert_eq!(slot(), s);
+        assert!(slots().is_power_of_two());
     }
 }

@@ -372,6 +372,11 @@ impl ResponseFuture {
             }
         }
         let deadline = req.deadline();
+        if let Some(d) = deadline {
+            // Every path below (the connection's timer, the slow path's
+            // timeout, an immediate failure) ends the call by `d`.
+            super::DeadlineProbe::enforced(d);
+        }
         let failed = |s| ResponseFuture {
             state: State::Failed(Some(s)),
         };

@@ -6,10 +6,12 @@ mod connect;
 mod connection;
 pub(crate) mod endpoint;
 mod load;
+mod probe;
 mod role;
 mod typed;
 
 pub use channel::{Channel, ResponseFuture};
 pub use connection::Trailers;
 pub use endpoint::Endpoint;
+pub use probe::DeadlineProbe;
 pub use typed::Client;

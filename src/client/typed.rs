@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::body::{Body, Payload};
@@ -220,12 +219,11 @@ impl<S, C> Client<S, C> {
         parts.method = method;
         set_codec_name(&mut parts.metadata, codec);
         let req = Request::from_parts(parts, body);
-        let svc = self
-            .inner
-            .ready()
+        std::future::poll_fn(|cx| self.inner.poll_ready(cx))
             .await
             .map_err(|e| Status::from_error(e.into()))?;
-        svc.call(req)
+        self.inner
+            .call(req)
             .await
             .map_err(|e| Status::from_error(e.into()))
     }

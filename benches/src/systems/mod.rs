@@ -1,5 +1,11 @@
 //! The systems under test: each has a server (run in its own process by
 //! `bench-server`) and a client the load generator drives.
+//!
+//! Adding a system: a module here with `serve(listener)` and a client type
+//! with `echo(&payload)` (and `download` if it streams); a [`System`] variant
+//! with its name and label; an arm in [`serve`], [`Client::connect`],
+//! [`Client::echo`] and [`Client::download`]. Add it to [`System::ALL`] to
+//! include it in the default run (raw stays first: ratios are against it).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,7 +26,8 @@ pub(crate) const MAX_MESSAGE: usize = 32 << 20;
 /// A system under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub(crate) enum System {
-    /// Raw tokio echo over `LengthDelimitedCodec` (the upper bound).
+    /// A raw echo over length-prefixed frames, batching both sides with no
+    /// allocation per call: the limit (see [`raw`]).
     Raw,
     /// trpc, bare stack.
     Trpc,
@@ -89,7 +96,7 @@ impl System {
     /// The name with what it is, for tables.
     pub(crate) fn label(self) -> &'static str {
         match self {
-            System::Raw => "raw (tokio-util framing)",
+            System::Raw => "raw (batching echo)",
             System::Trpc => "trpc (bare)",
             System::TrpcInline => "trpc (bare, inline handlers)",
             System::TrpcStd => "trpc (standard stack)",

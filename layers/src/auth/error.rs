@@ -69,3 +69,12 @@ impl fmt::Display for InvalidCredential {
 }
 
 impl std::error::Error for InvalidCredential {}
+
+/// The error of a future that failed before calling the inner service (taken
+/// once; a second poll is a bug of the caller).
+pub(crate) fn take_error(error: &mut Option<trpc::Status>) -> trpc::BoxError {
+    error
+        .take()
+        .unwrap_or_else(|| trpc::Status::internal("future polled after completion"))
+        .into()
+}

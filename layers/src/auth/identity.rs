@@ -59,50 +59,70 @@ impl fmt::Debug for Credential {
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Identity {
-    subject: Arc<str>,
-    scopes: Arc<[Box<str>]>,
+    inner: Arc<IdentityInner>,
+}
+
+#[derive(PartialEq, Eq)]
+struct IdentityInner {
+    subject: Box<str>,
+    scopes: Box<[Box<str>]>,
 }
 
 impl Identity {
     /// An identity without scopes.
     pub fn new(subject: impl AsRef<str>) -> Self {
         Identity {
-            subject: Arc::from(subject.as_ref()),
-            scopes: Arc::from(Vec::new()),
+            inner: Arc::new(IdentityInner {
+                subject: subject.as_ref().into(),
+                scopes: Box::new([]),
+            }),
         }
     }
 
     /// Adds a scope (a permission, role, ...).
     pub fn with_scope(self, scope: impl AsRef<str>) -> Self {
-        let mut scopes: Vec<Box<str>> = self.scopes.iter().cloned().collect();
+        let mut scopes: Vec<Box<str>> = self.inner.scopes.to_vec();
         scopes.push(scope.as_ref().into());
         Identity {
-            subject: self.subject,
-            scopes: scopes.into(),
+            inner: Arc::new(IdentityInner {
+                subject: self.inner.subject.clone(),
+                scopes: scopes.into(),
+            }),
+        }
+    }
+
+    /// An equal identity that shares nothing with this one (so clones of
+    /// the two never touch the same reference count).
+    pub(crate) fn deep_clone(&self) -> Self {
+        Identity {
+            inner: Arc::new(IdentityInner {
+                subject: self.inner.subject.clone(),
+                scopes: self.inner.scopes.clone(),
+            }),
         }
     }
 
     /// The subject (user, service account, key owner).
     pub fn subject(&self) -> &str {
-        &self.subject
+        &self.inner.subject
     }
 
     /// The scopes.
     pub fn scopes(&self) -> impl Iterator<Item = &str> + '_ {
-        self.scopes.iter().map(|s| &**s)
+        self.inner.scopes.iter().map(|s| &**s)
     }
 
     /// True if the identity has `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| &**s == scope)
+        self.inner.scopes.iter().any(|s| &**s == scope)
     }
 }
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
-            .field("subject", &self.subject)
-            .field("scopes", &self.scopes)
+            .field("subject", &self.inner.subject)
+            .field("scopes", &self.inner.scopes)
             .finish()
     }
 }
@@ -117,13 +137,12 @@ impl fmt::Debug for Identity {
 /// assert!(!constant_time_eq(b"token", b"token2"));
 /// ```
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len().max(b.len());
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..len {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
+    // Every byte of the common length is compared, whatever differs: the
+    // time depends on the lengths only.
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(u8::from(a.len() != b.len()), |d, (x, y)| d | (x ^ y));
     // Keep the optimiser from turning the loop into an early-exit comparison.
     std::hint::black_box(diff) == 0
 }

@@ -24,7 +24,7 @@
 //!     .bearer("s3cret-token", Identity::new("alice").with_scope("admin"))
 //!     .api_key("k-123", Identity::new("batch-job"));
 //! let layer = RequireAuthLayer::new(keys)
-//!     .allow_anonymous("grpc.health.v1.Health/*")
+//!     .allow_anonymous("shop.Catalog/List")
 //!     .require_scope("admin.Admin/*", "admin");
 //!
 //! // Or any async check:
@@ -37,11 +37,10 @@
 //! # drop(layer);
 //! ```
 
-mod client;
+pub mod client;
 pub mod error;
-pub mod future;
 mod identity;
-mod server;
+pub mod server;
 mod validator;
 
 pub use client::{Auth, AuthLayer};

@@ -240,3 +240,80 @@ fn static_keys_hide_secrets_and_match_exactly() {
             .is_none());
     }
 }
+
+/// A validator that answers at once for "fast" and asks for the future
+/// otherwise, counting both.
+#[derive(Clone, Default)]
+struct TwoSpeed {
+    now: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    later: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl super::Validator for TwoSpeed {
+    type Future = std::future::Ready<Result<Identity, Status>>;
+
+    fn validate(&self, credential: Credential, _method: Method) -> Self::Future {
+        self.later.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok(Identity::new(credential.secret())))
+    }
+
+    fn validate_now(
+        &self,
+        _kind: CredentialKind,
+        secret: &str,
+        _method: &Method,
+    ) -> Option<Result<Identity, Status>> {
+        (secret == "fast").then(|| {
+            self.now.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Identity::new("fast").with_scope("admin"))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_validator_that_answers_at_once_skips_its_future() {
+    let v = TwoSpeed::default();
+    let layer = RequireAuthLayer::new(v.clone()).require_scope("admin.Admin/*", "admin");
+    let (mut svc, mut handle) = mock::spawn_layer::<Request<Body>, Response<Body>, _>(layer);
+    for token in ["fast", "slow"] {
+        assert!(svc.poll_ready().is_ready());
+        let mut req = request("a.B/C", "hi");
+        req.metadata_mut()
+            .try_insert("authorization", &format!("Bearer {token}"))
+            .unwrap();
+        // The slow path validates when polled: run the call on its own task.
+        let fut = tokio::spawn(svc.call(req));
+        let (req, send) = handle.next_request().await.unwrap();
+        let id = req.extensions().get::<Identity>().unwrap();
+        assert_eq!(id.subject(), token);
+        send.send_response(response("ok"));
+        fut.await.unwrap().unwrap();
+    }
+    assert_eq!(v.now.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(v.later.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // The scope rules apply on the fast path too.
+    assert!(svc.poll_ready().is_ready());
+    let mut req = request("admin.Admin/Reset", "hi");
+    req.metadata_mut()
+        .try_insert("authorization", "Bearer slow")
+        .unwrap();
+    let s = status(svc.call(req).await.unwrap_err());
+    assert_eq!(s.code(), Code::PermissionDenied);
+    assert!(source_is::<MissingScope>(&s));
+}
+
+#[test]
+fn static_keys_answer_at_once_and_hide_nothing_in_equality() {
+    let keys = keys();
+    let m = Method::from_static("a.B/C");
+    let ok = super::Validator::validate_now(&keys, CredentialKind::Bearer, "good-token", &m);
+    let id = ok.unwrap().unwrap();
+    assert_eq!(id, Identity::new("alice").with_scope("admin"));
+    let wrong_kind =
+        super::Validator::validate_now(&keys, CredentialKind::ApiKey, "good-token", &m);
+    assert_eq!(
+        wrong_kind.unwrap().unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}

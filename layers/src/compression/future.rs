@@ -9,10 +9,10 @@ use pin_project_lite::pin_project;
 use trpc::metadata::MetadataValue;
 use trpc::{Body, BoxError, Response, Status};
 
-use super::{
-    compress_payload, decompress_payload, Config, Encoding, PeerEncoding, Side, ACCEPT_ENCODING,
-    ENCODING,
-};
+use super::layer::Config;
+use super::message::{compress_payload, decompress_payload, PeerEncoding};
+use super::{Encoding, ACCEPT_ENCODING, ENCODING};
+use crate::Side;
 
 /// What a server does to its response: compress it with this encoding (if
 /// any) and announce what it accepts (if the client is compression-aware).

@@ -1,15 +1,20 @@
-//! The registered metric families and the per-method handles of a side.
+//! The call metrics of a side: per-method counters kept in per-thread stripes
+//! (counting touches no cache line another thread writes), summed and exported
+//! as prometheus families when the registry is scraped.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
-};
-use tokio::time::Instant;
-use trpc::{Code, Method};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::Registry;
+use trpc::{Code, Method, Protocol};
+
+use crate::util::{slot, slots};
+use crate::Side;
 
 /// The label value shared by methods beyond the `max_methods` limit.
 pub(crate) const OTHER_METHOD: &str = "other";
@@ -28,66 +33,172 @@ pub struct RpcMetrics {
     inner: Arc<Families>,
 }
 
+/// What a side exports, and every method seen so far.
 struct Families {
-    side: &'static str,
-    calls: IntCounterVec,
-    duration: HistogramVec,
-    in_flight: IntGaugeVec,
-    request_bytes: IntCounterVec,
-    response_bytes: IntCounterVec,
-    request_messages: IntCounterVec,
-    response_messages: IntCounterVec,
-    methods: RwLock<HashMap<Method, Arc<MethodMetrics>, rustc_hash::FxBuildHasher>>,
-    other: OnceLock<Arc<MethodMetrics>>,
+    side: Side,
+    descs: [Desc; 7],
+    /// Upper bounds of the latency buckets, in seconds and in nanoseconds.
+    bounds: Box<[f64]>,
+    bounds_nanos: Arc<[u64]>,
+    methods: RwLock<HashMap<(Protocol, Method), Arc<MethodStats>, rustc_hash::FxBuildHasher>>,
+    /// Every distinct [`MethodStats`], in creation order (what a scrape reads).
+    all: RwLock<Vec<Arc<MethodStats>>>,
     max_methods: usize,
 }
 
-/// The handles of one method: counting is a few atomic operations.
-pub(crate) struct MethodMetrics {
-    method: Box<str>,
-    calls_vec: IntCounterVec,
-    calls: [OnceLock<IntCounter>; 17],
-    pub(crate) in_flight: IntGauge,
-    duration: Histogram,
-    request_bytes: IntCounter,
-    response_bytes: IntCounter,
-    request_messages: IntCounter,
-    response_messages: IntCounter,
+/// Indexes into [`Families::descs`].
+const CALLS: usize = 0;
+const DURATION: usize = 1;
+const IN_FLIGHT: usize = 2;
+const REQUEST_BYTES: usize = 3;
+const RESPONSE_BYTES: usize = 4;
+const REQUEST_MESSAGES: usize = 5;
+const RESPONSE_MESSAGES: usize = 6;
+
+/// The metrics of one method on one protocol: a stripe per thread slot.
+pub(crate) struct MethodStats {
+    protocol: Protocol,
+    label: Box<str>,
+    /// The shared entry of methods beyond the limit.
+    other: bool,
+    stripes: Box<[Arc<Stripe>]>,
 }
 
-impl MethodMetrics {
+/// The counters of one method, written by the threads of one slot.
+pub(crate) struct Stripe {
+    started: AtomicU64,
+    finished: [AtomicU64; Code::ALL.len()],
+    request_bytes: AtomicU64,
+    request_messages: AtomicU64,
+    response_bytes: AtomicU64,
+    response_messages: AtomicU64,
+    /// Calls per latency bucket (not cumulative); the last is `+Inf`.
+    buckets: Box<[AtomicU64]>,
+    duration_nanos: AtomicU64,
+    bounds_nanos: Arc<[u64]>,
+}
+
+impl fmt::Debug for Stripe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stripe")
+            .field("started", &self.started.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stripe {
+    fn new(bounds_nanos: Arc<[u64]>) -> Stripe {
+        Stripe {
+            started: AtomicU64::new(0),
+            finished: Default::default(),
+            request_bytes: AtomicU64::new(0),
+            request_messages: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
+            response_messages: AtomicU64::new(0),
+            buckets: (0..=bounds_nanos.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            duration_nanos: AtomicU64::new(0),
+            bounds_nanos,
+        }
+    }
+
+    /// Counts the start of a call.
+    pub(crate) fn start(&self) {
+        self.started.fetch_add(1, Relaxed);
+    }
+
     /// Counts one message of `len` bytes.
     pub(crate) fn count(&self, dir: Direction, len: usize) {
         let (bytes, messages) = match dir {
             Direction::Request => (&self.request_bytes, &self.request_messages),
             Direction::Response => (&self.response_bytes, &self.response_messages),
         };
-        bytes.inc_by(len as u64);
-        messages.inc();
+        bytes.fetch_add(len as u64, Relaxed);
+        messages.fetch_add(1, Relaxed);
     }
 
-    /// Records the end of a call.
-    pub(crate) fn finish(&self, code: Code, start: Instant) {
-        self.calls[code as usize]
-            .get_or_init(|| {
-                self.calls_vec
-                    .with_label_values(&[&*self.method, code.as_str()])
-            })
-            .inc();
-        self.duration.observe(start.elapsed().as_secs_f64());
-        self.in_flight.dec();
+    /// Records the end of a call that took `elapsed`.
+    pub(crate) fn finish(&self, code: Code, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        // Buckets are inclusive upper bounds (`le`).
+        let bucket = self.bounds_nanos.partition_point(|&b| b < nanos);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.duration_nanos.fetch_add(nanos, Relaxed);
+        self.finished[code as usize].fetch_add(1, Relaxed);
     }
 }
 
-impl fmt::Debug for MethodMetrics {
+impl MethodStats {
+    fn new(protocol: Protocol, label: &str, other: bool, bounds_nanos: &Arc<[u64]>) -> MethodStats {
+        MethodStats {
+            protocol,
+            label: label.into(),
+            other,
+            stripes: (0..slots())
+                .map(|_| Arc::new(Stripe::new(bounds_nanos.clone())))
+                .collect(),
+        }
+    }
+
+    /// The stripe this thread counts in.
+    pub(crate) fn stripe(&self) -> Arc<Stripe> {
+        self.stripes[slot()].clone()
+    }
+
+    /// Sums every stripe.
+    fn totals(&self) -> Totals {
+        let mut t = Totals {
+            started: 0,
+            finished: [0; Code::ALL.len()],
+            request_bytes: 0,
+            request_messages: 0,
+            response_bytes: 0,
+            response_messages: 0,
+            buckets: vec![0; self.stripes.first().map_or(0, |s| s.buckets.len())],
+            duration_nanos: 0,
+        };
+        for s in self.stripes.iter() {
+            // Finished before started: a call that finishes while we read is
+            // never counted as finished but not started.
+            for (sum, n) in t.finished.iter_mut().zip(&s.finished) {
+                *sum += n.load(Relaxed);
+            }
+            t.started += s.started.load(Relaxed);
+            t.request_bytes += s.request_bytes.load(Relaxed);
+            t.request_messages += s.request_messages.load(Relaxed);
+            t.response_bytes += s.response_bytes.load(Relaxed);
+            t.response_messages += s.response_messages.load(Relaxed);
+            for (sum, n) in t.buckets.iter_mut().zip(s.buckets.iter()) {
+                *sum += n.load(Relaxed);
+            }
+            t.duration_nanos += s.duration_nanos.load(Relaxed);
+        }
+        t
+    }
+}
+
+impl fmt::Debug for MethodStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MethodMetrics")
-            .field("method", &self.method)
+        f.debug_struct("MethodStats")
+            .field("protocol", &self.protocol)
+            .field("method", &self.label)
             .finish()
     }
 }
 
-fn ns(namespace: &str, side: &str, name: &str) -> String {
+struct Totals {
+    started: u64,
+    finished: [u64; Code::ALL.len()],
+    request_bytes: u64,
+    request_messages: u64,
+    response_bytes: u64,
+    response_messages: u64,
+    buckets: Vec<u64>,
+    duration_nanos: u64,
+}
+
+fn name(namespace: &str, side: Side, name: &str) -> String {
     format!("{namespace}_{side}_{name}")
 }
 
@@ -95,116 +206,156 @@ impl RpcMetrics {
     pub(crate) fn register(
         registry: &Registry,
         namespace: &str,
-        side: &'static str,
+        side: Side,
         buckets: Vec<f64>,
         max_methods: usize,
     ) -> prometheus::Result<RpcMetrics> {
-        let who = if side == "client" { "made" } else { "handled" };
-        let counter = |name: &str, help: String, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(ns(namespace, side, name), help), labels)
+        let who = match side {
+            Side::Client => "made",
+            Side::Server => "handled",
         };
-        let families = Families {
-            side,
-            calls: counter(
+        let desc = |n: &str, help: String, labels: &[&str]| {
+            Desc::new(
+                name(namespace, side, n),
+                help,
+                labels.iter().map(|l| l.to_string()).collect(),
+                HashMap::new(),
+            )
+        };
+        let per_method = &["method", "protocol"];
+        let descs = [
+            desc(
                 "calls_total",
-                format!("Calls {who}, by method and status code."),
-                &["method", "code"],
+                format!("Calls {who}, by method, protocol and status code."),
+                &["code", "method", "protocol"],
             )?,
-            duration: HistogramVec::new(
-                HistogramOpts::new(
-                    ns(namespace, side, "call_duration_seconds"),
-                    format!("Latency of calls {who}, to the end of the response, in seconds."),
-                )
-                .buckets(buckets),
-                &["method"],
+            desc(
+                "call_duration_seconds",
+                format!("Latency of calls {who}, to the end of the response, in seconds."),
+                per_method,
             )?,
-            in_flight: IntGaugeVec::new(
-                Opts::new(
-                    ns(namespace, side, "calls_in_flight"),
-                    format!("Calls {who} that have not finished."),
-                ),
-                &["method"],
+            desc(
+                "calls_in_flight",
+                format!("Calls {who} that have not finished."),
+                per_method,
             )?,
-            request_bytes: counter(
+            desc(
                 "request_bytes_total",
                 "Request message payload bytes.".into(),
-                &["method"],
+                per_method,
             )?,
-            response_bytes: counter(
+            desc(
                 "response_bytes_total",
                 "Response message payload bytes.".into(),
-                &["method"],
+                per_method,
             )?,
-            request_messages: counter(
+            desc(
                 "request_messages_total",
                 "Request messages (one per unary call; each message of a stream).".into(),
-                &["method"],
+                per_method,
             )?,
-            response_messages: counter(
+            desc(
                 "response_messages_total",
                 "Response messages (one per unary call; each message of a stream).".into(),
-                &["method"],
+                per_method,
             )?,
+        ];
+        let mut bounds = buckets;
+        bounds.retain(|b| b.is_finite());
+        if bounds.is_empty() || bounds.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(prometheus::Error::Msg(format!(
+                "histogram buckets must be finite and strictly increasing: {bounds:?}"
+            )));
+        }
+        let bounds_nanos: Arc<[u64]> = bounds
+            .iter()
+            .map(|s| Duration::try_from_secs_f64(*s).map_or(0, |d| d.as_nanos() as u64))
+            .collect();
+        let families = Arc::new(Families {
+            side,
+            descs,
+            bounds: bounds.into(),
+            bounds_nanos,
             methods: RwLock::new(HashMap::default()),
-            other: OnceLock::new(),
+            all: RwLock::new(Vec::new()),
             max_methods,
-        };
-        registry.register(Box::new(families.calls.clone()))?;
-        registry.register(Box::new(families.duration.clone()))?;
-        registry.register(Box::new(families.in_flight.clone()))?;
-        registry.register(Box::new(families.request_bytes.clone()))?;
-        registry.register(Box::new(families.response_bytes.clone()))?;
-        registry.register(Box::new(families.request_messages.clone()))?;
-        registry.register(Box::new(families.response_messages.clone()))?;
-        Ok(RpcMetrics {
-            inner: Arc::new(families),
-        })
+        });
+        registry.register(Box::new(Exporter(families.clone())))?;
+        Ok(RpcMetrics { inner: families })
     }
 
-    /// `"client"` or `"server"`.
-    pub fn side(&self) -> &'static str {
+    /// The side these metrics are of.
+    pub fn side(&self) -> Side {
         self.inner.side
     }
 
-    /// The handles of `method` (created on first use).
-    pub(crate) fn method(&self, method: &Method) -> Arc<MethodMetrics> {
+    /// The metrics of `method` on `protocol` (created on first use).
+    pub(crate) fn method(&self, protocol: Protocol, method: &Method) -> Arc<MethodStats> {
         let f = &*self.inner;
+        let key = (protocol, method.clone());
         {
-            let map = f.methods.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(m) = map.get(method) {
+            let map = read(&f.methods);
+            if let Some(m) = map.get(&key) {
                 return m.clone();
+            }
+            if map.len() >= f.max_methods {
+                return self.other(protocol);
             }
         }
         let mut map = f.methods.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = map.get(method) {
+        if let Some(m) = map.get(&key) {
             return m.clone();
         }
         if map.len() >= f.max_methods {
-            return f
-                .other
-                .get_or_init(|| Arc::new(self.handles(OTHER_METHOD)))
-                .clone();
+            drop(map);
+            return self.other(protocol);
         }
-        let m = Arc::new(self.handles(method.as_str()));
-        map.insert(method.clone(), m.clone());
-        m
+        let stats = Arc::new(MethodStats::new(
+            protocol,
+            method.as_str(),
+            false,
+            &f.bounds_nanos,
+        ));
+        f.all
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stats.clone());
+        // An owned copy: the request's method may share a large read buffer.
+        map.insert(
+            (protocol, Method::from(method.as_str().to_owned())),
+            stats.clone(),
+        );
+        stats
     }
 
-    fn handles(&self, method: &str) -> MethodMetrics {
+    /// The metrics shared by the methods beyond `max_methods` on `protocol`.
+    fn other(&self, protocol: Protocol) -> Arc<MethodStats> {
         let f = &*self.inner;
-        let l = &[method];
-        MethodMetrics {
-            method: method.into(),
-            calls_vec: f.calls.clone(),
-            calls: Default::default(),
-            in_flight: f.in_flight.with_label_values(l),
-            duration: f.duration.with_label_values(l),
-            request_bytes: f.request_bytes.with_label_values(l),
-            response_bytes: f.response_bytes.with_label_values(l),
-            request_messages: f.request_messages.with_label_values(l),
-            response_messages: f.response_messages.with_label_values(l),
+        let find = |all: &[Arc<MethodStats>]| {
+            all.iter()
+                .find(|m| m.other && m.protocol == protocol)
+                .cloned()
+        };
+        if let Some(m) = find(&read(&f.all)) {
+            return m;
         }
+        let mut all = f.all.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = find(&all) {
+            return m;
+        }
+        let m = Arc::new(MethodStats::new(
+            protocol,
+            OTHER_METHOD,
+            true,
+            &f.bounds_nanos,
+        ));
+        all.push(m.clone());
+        m
     }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
 impl fmt::Debug for RpcMetrics {
@@ -213,5 +364,109 @@ impl fmt::Debug for RpcMetrics {
             .field("side", &self.inner.side)
             .field("max_methods", &self.inner.max_methods)
             .finish()
+    }
+}
+
+/// The registered collector: sums the stripes at scrape time.
+struct Exporter(Arc<Families>);
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_owned());
+    l.set_value(value.to_owned());
+    l
+}
+
+fn family(desc: &Desc, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut mf = MetricFamily::default();
+    mf.set_name(desc.fq_name.clone());
+    mf.set_help(desc.help.clone());
+    mf.set_field_type(kind);
+    mf.set_metric(metrics);
+    mf
+}
+
+fn counter(labels: Vec<LabelPair>, value: u64) -> proto::Metric {
+    let mut c = proto::Counter::default();
+    c.set_value(value as f64);
+    let mut m = proto::Metric::default();
+    m.set_label(labels);
+    m.set_counter(c);
+    m
+}
+
+impl Collector for Exporter {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let f = &*self.0;
+        let methods: Vec<Arc<MethodStats>> = read(&f.all).clone();
+        let mut out: [Vec<proto::Metric>; 7] = Default::default();
+        for m in &methods {
+            let t = m.totals();
+            let labels = || {
+                vec![
+                    label("method", &m.label),
+                    label("protocol", m.protocol.as_str()),
+                ]
+            };
+            for (code, &n) in Code::ALL.iter().zip(&t.finished) {
+                if n > 0 {
+                    let mut l = labels();
+                    l.insert(0, label("code", code.as_str()));
+                    out[CALLS].push(counter(l, n));
+                }
+            }
+            let mut cumulative = 0;
+            let buckets = f
+                .bounds
+                .iter()
+                .zip(&t.buckets)
+                .map(|(&bound, &n)| {
+                    cumulative += n;
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(bound);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect();
+            let count: u64 = t.buckets.iter().sum();
+            let mut h = proto::Histogram::default();
+            h.set_sample_count(count);
+            h.set_sample_sum(t.duration_nanos as f64 / 1e9);
+            h.set_bucket(buckets);
+            let mut hm = proto::Metric::default();
+            hm.set_label(labels());
+            hm.set_histogram(h);
+            out[DURATION].push(hm);
+            let finished: u64 = t.finished.iter().sum();
+            let mut g = proto::Gauge::default();
+            g.set_value(t.started.saturating_sub(finished) as f64);
+            let mut gm = proto::Metric::default();
+            gm.set_label(labels());
+            gm.set_gauge(g);
+            out[IN_FLIGHT].push(gm);
+            out[REQUEST_BYTES].push(counter(labels(), t.request_bytes));
+            out[RESPONSE_BYTES].push(counter(labels(), t.response_bytes));
+            out[REQUEST_MESSAGES].push(counter(labels(), t.request_messages));
+            out[RESPONSE_MESSAGES].push(counter(labels(), t.response_messages));
+        }
+        let kinds = [
+            MetricType::COUNTER,
+            MetricType::HISTOGRAM,
+            MetricType::GAUGE,
+            MetricType::COUNTER,
+            MetricType::COUNTER,
+            MetricType::COUNTER,
+            MetricType::COUNTER,
+        ];
+        f.descs
+            .iter()
+            .zip(kinds)
+            .zip(out)
+            .map(|((desc, kind), metrics)| family(desc, kind, metrics))
+            .collect()
     }
 }

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use trpc::{Body, BoxError, Code, Payload, Response, Status};
 
-use super::families::{Direction, MethodMetrics};
+use super::families::{Direction, Stripe};
 use crate::util::dropped_outcome;
 
 pin_project! {
@@ -22,7 +22,7 @@ pin_project! {
         #[pin]
         inner: F,
         // `None` once the outcome has been handed on.
-        metrics: Option<Arc<MethodMetrics>>,
+        metrics: Option<Arc<Stripe>>,
         start: Instant,
         deadline: Option<Instant>,
     }
@@ -31,18 +31,23 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(m) = this.metrics.take() {
-                m.finish(dropped_outcome(*this.deadline).0, *this.start);
+                m.finish(dropped_outcome(*this.deadline).0, this.start.elapsed());
             }
         }
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, metrics: Arc<MethodMetrics>, deadline: Option<Instant>) -> Self {
+    pub(crate) fn new(
+        inner: F,
+        metrics: Arc<Stripe>,
+        start: Instant,
+        deadline: Option<Instant>,
+    ) -> Self {
         ResponseFuture {
             inner,
             metrics: Some(metrics),
-            start: Instant::now(),
+            start,
             deadline,
         }
     }
@@ -85,12 +90,12 @@ where
                 if let Some(p) = resp.get_ref().as_once() {
                     m.count(Direction::Response, p.len());
                 }
-                m.finish(Code::Ok, *this.start);
+                m.finish(Code::Ok, this.start.elapsed());
                 Poll::Ready(Ok(resp))
             }
             Err(e) => {
                 let e = e.into();
-                m.finish(trpc::Status::code_of(&*e), *this.start);
+                m.finish(trpc::Status::code_of(&*e), this.start.elapsed());
                 Poll::Ready(Err(e))
             }
         }
@@ -100,12 +105,12 @@ where
 /// A stream that counts its messages (a streaming request).
 pub(crate) struct CountedBody {
     inner: Body,
-    metrics: Arc<MethodMetrics>,
+    metrics: Arc<Stripe>,
     dir: Direction,
 }
 
 impl CountedBody {
-    pub(crate) fn new(inner: Body, metrics: Arc<MethodMetrics>, dir: Direction) -> Self {
+    pub(crate) fn new(inner: Body, metrics: Arc<Stripe>, dir: Direction) -> Self {
         CountedBody {
             inner,
             metrics,
@@ -131,7 +136,7 @@ impl Stream for CountedBody {
 /// the stream (or when dropped before it).
 struct MeteredBody {
     inner: Option<Body>,
-    metrics: Option<Arc<MethodMetrics>>,
+    metrics: Option<Arc<Stripe>>,
     start: Instant,
     deadline: Option<Instant>,
 }
@@ -158,7 +163,7 @@ impl Stream for MeteredBody {
         if let Some(code) = end {
             this.inner = None;
             if let Some(m) = this.metrics.take() {
-                m.finish(code, this.start);
+                m.finish(code, this.start.elapsed());
             }
         }
         Poll::Ready(item)
@@ -168,7 +173,7 @@ impl Stream for MeteredBody {
 impl Drop for MeteredBody {
     fn drop(&mut self) {
         if let Some(m) = self.metrics.take() {
-            m.finish(dropped_outcome(self.deadline).0, self.start);
+            m.finish(dropped_outcome(self.deadline).0, self.start.elapsed());
         }
     }
 }

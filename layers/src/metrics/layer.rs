@@ -5,6 +5,7 @@ use tower_layer::Layer;
 
 use super::families::RpcMetrics;
 use super::Metrics;
+use crate::Side;
 
 /// Applies [`Metrics`]. Clones share the metrics.
 ///
@@ -47,7 +48,7 @@ impl<S> Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
 
     fn layer(&self, inner: S) -> Metrics<S> {
-        Metrics::new(inner, self.metrics.clone())
+        Metrics::new(inner, self.clone())
     }
 }
 
@@ -110,15 +111,15 @@ impl MetricsBuilder {
 
     /// Registers client metrics.
     pub fn client(self, registry: &Registry) -> prometheus::Result<MetricsLayer> {
-        self.build(registry, "client")
+        self.build(registry, Side::Client)
     }
 
     /// Registers server metrics.
     pub fn server(self, registry: &Registry) -> prometheus::Result<MetricsLayer> {
-        self.build(registry, "server")
+        self.build(registry, Side::Server)
     }
 
-    fn build(self, registry: &Registry, side: &'static str) -> prometheus::Result<MetricsLayer> {
+    fn build(self, registry: &Registry, side: Side) -> prometheus::Result<MetricsLayer> {
         let metrics = RpcMetrics::register(
             registry,
             &self.namespace,

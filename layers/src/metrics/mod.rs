@@ -1,37 +1,52 @@
 //! Prometheus metrics: [`MetricsLayer`] counts calls, latency, in-flight calls,
 //! bytes and messages; [`TransportCollector`] exports connection and wire-byte
-//! counters; [`AdminServer`] serves `/metrics` and `/healthz` over HTTP (hyper).
+//! counters. The [`admin`](crate::admin) module serves them on `/metrics`.
 //!
 //! Families (prefix `trpc_client_` or `trpc_server_`, with a configurable
 //! namespace instead of `trpc`):
 //!
 //! | name | type | labels |
 //! |---|---|---|
-//! | `calls_total` | counter | `method`, `code` |
-//! | `call_duration_seconds` | histogram | `method` |
-//! | `calls_in_flight` | gauge | `method` |
-//! | `request_bytes_total`, `response_bytes_total` | counter | `method` |
-//! | `request_messages_total`, `response_messages_total` | counter | `method` |
+//! | `calls_total` | counter | `method`, `protocol`, `code` |
+//! | `call_duration_seconds` | histogram | `method`, `protocol` |
+//! | `calls_in_flight` | gauge | `method`, `protocol` |
+//! | `request_bytes_total`, `response_bytes_total` | counter | `method`, `protocol` |
+//! | `request_messages_total`, `response_messages_total` | counter | `method`, `protocol` |
 //!
-//! Bytes are message payload bytes as seen where the layer sits: outside a
-//! compression layer, uncompressed sizes (the wire bytes are in the
-//! transport counters). A streaming call is finished, counted and timed when
-//! its response stream ends; its status is the stream's final status. A call
-//! dropped before it finished counts as `DEADLINE_EXCEEDED` when its deadline
-//! has passed, else `CANCELLED`. Methods beyond the `max_methods` distinct ones
-//! seen (default 1000) share the label `method="other"`, so a client calling
-//! random method names cannot blow up the label set.
+//! `protocol` is the wire protocol of the call ([`Request::protocol`]:
+//! `trpc`, `grpc` or `http` on a server; `trpc` on a client). Bytes are
+//! message payload bytes as seen where the layer sits: outside a compression
+//! layer, uncompressed sizes (the wire bytes are in the transport counters). A
+//! streaming call is finished, counted and timed when its response stream
+//! ends; its status is the stream's final status. A call dropped before it
+//! finished counts as `DEADLINE_EXCEEDED` when its deadline has passed, else
+//! `CANCELLED`. Methods beyond the `max_methods` distinct ones seen (default
+//! 1000) share the label `method="other"`, so a client calling random method
+//! names cannot blow up the label set.
+//!
+//! ## Cost
+//!
+//! Counting a call is a handful of uncontended atomic additions: each method
+//! keeps its counters in a stripe per thread slot (so worker threads never
+//! write the same cache line), each service clone remembers the last few
+//! methods it counted (so the shared method table is read only for a method
+//! it has not seen), and the stripes are summed only when the registry is
+//! scraped. `calls_in_flight` is calls started minus calls finished, and a
+//! histogram's count is the sum of its buckets, both computed at scrape time.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
 //! use trpc::stats::TransportStats;
-//! use trpc_layers::metrics::{AdminServer, MetricsLayer, TransportCollector};
+//! use trpc_layers::admin::Admin;
+//! use trpc_layers::metrics::{MetricsLayer, TransportCollector};
 //!
 //! let registry = prometheus::Registry::new();
 //! let stats = TransportStats::new();
 //! registry.register(Box::new(TransportCollector::server(stats.clone())))?;
-//! let admin = AdminServer::bind("127.0.0.1:9100".parse()?, registry.clone()).await?;
+//! let admin = Admin::builder()
+//!     .metrics(registry.clone())
+//!     .bind("127.0.0.1:9100".parse()?)
+//!     .await?;
 //! let router = trpc::server::Router::new();
 //! trpc::Server::builder()
 //!     .transport_stats(stats)
@@ -41,24 +56,26 @@
 //! admin.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! [`Request::protocol`]: trpc::Request::protocol
 
-mod admin;
 mod families;
 pub mod future;
 mod layer;
 mod transport;
 
-pub use admin::AdminServer;
 pub use families::RpcMetrics;
 pub use layer::{MetricsBuilder, MetricsLayer};
 pub use transport::TransportCollector;
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::time::Instant;
 use tower_service::Service;
-use trpc::{Body, BoxError, Request, Response};
+use trpc::{Body, BoxError, Method, Protocol, Request, Response};
 
-use self::families::Direction;
+use self::families::{Direction, MethodStats, Stripe};
 use self::future::{CountedBody, ResponseFuture};
 
 /// Records call metrics; see the [module docs](self).
@@ -66,12 +83,17 @@ use self::future::{CountedBody, ResponseFuture};
 pub struct Metrics<S> {
     inner: S,
     metrics: RpcMetrics,
+    recent: Recent,
 }
 
 impl<S> Metrics<S> {
-    /// Wraps `inner`, recording into `metrics`.
-    pub fn new(inner: S, metrics: RpcMetrics) -> Self {
-        Metrics { inner, metrics }
+    /// Wraps `inner`, recording into the metrics of `layer`.
+    pub fn new(inner: S, layer: MetricsLayer) -> Self {
+        Metrics {
+            inner,
+            metrics: layer.metrics().clone(),
+            recent: Recent::default(),
+        }
     }
 
     /// The inner service.
@@ -90,6 +112,32 @@ impl<S> Metrics<S> {
     }
 }
 
+/// The last few methods this service counted, so most calls find their
+/// metrics without touching the shared method table.
+#[derive(Clone, Debug, Default)]
+struct Recent {
+    entries: [Option<(Protocol, Method, Arc<MethodStats>)>; 4],
+    next: usize,
+}
+
+impl Recent {
+    /// The stripe this thread counts `method` in.
+    fn stripe(&mut self, metrics: &RpcMetrics, protocol: Protocol, method: &Method) -> Arc<Stripe> {
+        for (p, m, stats) in self.entries.iter().flatten() {
+            if *p == protocol && m.as_bytes() == method.as_bytes() {
+                return stats.stripe();
+            }
+        }
+        let stats = metrics.method(protocol, method);
+        let stripe = stats.stripe();
+        // An owned copy: the request's method may share a large read buffer.
+        let owned = Method::from(method.as_str().to_owned());
+        self.entries[self.next] = Some((protocol, owned, stats));
+        self.next = (self.next + 1) % self.entries.len();
+        stripe
+    }
+}
+
 impl<S> Service<Request<Body>> for Metrics<S>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
@@ -104,19 +152,22 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let m = self.metrics.method(req.method());
-        m.in_flight.inc();
+        let start = Instant::now();
+        let stripe = self
+            .recent
+            .stripe(&self.metrics, req.protocol(), req.method());
+        stripe.start();
         let deadline = req.deadline();
         let req = if req.get_ref().is_stream() {
-            let m = m.clone();
-            req.map(|body| Body::stream(CountedBody::new(body, m, Direction::Request)))
+            let counted = stripe.clone();
+            req.map(|body| Body::stream(CountedBody::new(body, counted, Direction::Request)))
         } else {
             if let Some(p) = req.get_ref().as_once() {
-                m.count(Direction::Request, p.len());
+                stripe.count(Direction::Request, p.len());
             }
             req
         };
-        ResponseFuture::new(self.inner.call(req), m, deadline)
+        ResponseFuture::new(self.inner.call(req), stripe, start, deadline)
     }
 }
 

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use prometheus::Registry;
 use tower_test::mock;
 use trpc::stats::TransportStats;
-use trpc::{Body, Payload, Request, Response, Status};
+use trpc::{Body, Payload, Protocol, Request, Response, Status};
 
 use super::{MetricsLayer, TransportCollector};
 use crate::test_util::{request, response, sample, scrape, stream_body};
@@ -18,8 +18,12 @@ fn client() -> (Registry, MetricsLayer) {
     (registry, layer)
 }
 
+/// The value of `name` with `labels` plus `protocol="trpc"` (what every
+/// request built in these tests arrives on).
 fn value(r: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    sample(&scrape(r), name, labels)
+    let mut labels = labels.to_vec();
+    labels.push(("protocol", "trpc"));
+    sample(&scrape(r), name, &labels)
         .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{}", scrape(r)))
 }
 
@@ -208,13 +212,121 @@ async fn methods_beyond_the_limit_share_one_label() {
         sample(
             &text,
             "trpc_server_calls_total",
-            &[("method", m), ("code", "OK")],
+            &[("method", m), ("code", "OK"), ("protocol", "trpc")],
         )
     };
     assert_eq!(calls("a.B/1"), Some(2.0));
     assert_eq!(calls("a.B/2"), Some(1.0));
     assert_eq!(calls("other"), Some(2.0));
     assert_eq!(calls("a.B/3"), None);
+}
+
+#[tokio::test]
+async fn calls_are_labelled_with_their_wire_protocol() {
+    let registry = Registry::new();
+    let layer = MetricsLayer::server(&registry).unwrap();
+    let (mut svc, mut handle) = mock::spawn_layer::<Request<Body>, Response<Body>, _>(layer);
+    for protocol in [
+        Protocol::Grpc,
+        Protocol::Trpc,
+        Protocol::Grpc,
+        Protocol::Http,
+    ] {
+        assert!(svc.poll_ready().is_ready());
+        let mut req = request("a.B/C", "x");
+        req.set_protocol(protocol);
+        let fut = svc.call(req);
+        let (_req, send) = handle.next_request().await.unwrap();
+        send.send_response(response("y"));
+        fut.await.unwrap();
+    }
+    let text = scrape(&registry);
+    let calls = |p| {
+        sample(
+            &text,
+            "trpc_server_calls_total",
+            &[("method", "a.B/C"), ("code", "OK"), ("protocol", p)],
+        )
+    };
+    assert_eq!(calls("grpc"), Some(2.0));
+    assert_eq!(calls("trpc"), Some(1.0));
+    assert_eq!(calls("http"), Some(1.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn latencies_fill_cumulative_buckets() {
+    let registry = Registry::new();
+    let layer = MetricsLayer::builder()
+        .buckets(vec![0.01, 0.1, 1.0])
+        .client(&registry)
+        .unwrap();
+    let (mut svc, mut handle) = mock::spawn_layer::<Request<Body>, Response<Body>, _>(layer);
+    for ms in [5, 50, 50, 500, 5000] {
+        assert!(svc.poll_ready().is_ready());
+        let fut = tokio::spawn(svc.call(request("a.B/C", "x")));
+        let (_req, send) = handle.next_request().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        send.send_response(response("y"));
+        fut.await.unwrap().unwrap();
+    }
+    let m = [("method", "a.B/C")];
+    let bucket = |le: &str| {
+        value(
+            &registry,
+            "trpc_client_call_duration_seconds_bucket",
+            &[("method", "a.B/C"), ("le", le)],
+        )
+    };
+    assert_eq!(bucket("0.01"), 1.0);
+    assert_eq!(bucket("0.1"), 3.0);
+    assert_eq!(bucket("1"), 4.0);
+    assert_eq!(bucket("+Inf"), 5.0);
+    assert_eq!(
+        value(&registry, "trpc_client_call_duration_seconds_count", &m),
+        5.0
+    );
+    let sum = value(&registry, "trpc_client_call_duration_seconds_sum", &m);
+    assert!((sum - 5.605).abs() < 1e-6, "{sum}");
+}
+
+#[tokio::test]
+async fn clones_counting_many_methods_share_the_totals() {
+    let (registry, layer) = client();
+    let (svc, mut handle) = mock::spawn_layer::<Request<Body>, Response<Body>, _>(layer);
+    let methods = ["a.B/1", "a.B/2", "a.B/3", "a.B/4", "a.B/5", "a.B/6"];
+    let mut clones = [svc.clone(), svc];
+    // More methods than a service remembers, from two clones, twice.
+    for round in 0..2 {
+        for (i, method) in methods.iter().enumerate() {
+            let svc = &mut clones[(i + round) % 2];
+            assert!(svc.poll_ready().is_ready());
+            let fut = svc.call(request(method, "x"));
+            let (_req, send) = handle.next_request().await.unwrap();
+            send.send_response(response("y"));
+            fut.await.unwrap();
+        }
+    }
+    for method in methods {
+        assert_eq!(
+            value(
+                &registry,
+                "trpc_client_calls_total",
+                &[("method", method), ("code", "OK")]
+            ),
+            2.0,
+            "{method}"
+        );
+    }
+}
+
+#[test]
+fn buckets_must_increase() {
+    let registry = Registry::new();
+    let err = MetricsLayer::builder()
+        .buckets(vec![0.1, 0.01])
+        .client(&registry)
+        .unwrap_err();
+    assert!(err.to_string().contains("strictly increasing"), "{err}");
 }
 
 #[test]

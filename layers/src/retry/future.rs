@@ -12,6 +12,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower_service::Service;
 use trpc::{Body, BoxError, Request, Response, Status};
 
+use super::error::BudgetExhausted;
 use super::policy::Policy;
 use super::Attempts;
 use crate::util::find_status;
@@ -126,8 +127,9 @@ where
                     }
                     if let Some(budget) = this.budget.as_ref() {
                         if !budget.withdraw() {
-                            tracing::debug!(method = %request.method(), %code, attempts = *this.attempts, "not retrying: retry budget exhausted");
-                            return Poll::Ready(Err(err));
+                            tracing::warn!(method = %request.method(), %code, attempts = *this.attempts, "not retrying: the retry budget is exhausted");
+                            let exhausted = BudgetExhausted::new(*this.attempts, err);
+                            return Poll::Ready(Err(exhausted.into_status().into()));
                         }
                     }
                     tracing::debug!(

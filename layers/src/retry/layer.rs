@@ -82,6 +82,6 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
-        Retry::new(inner, self)
+        Retry::new(inner, self.clone())
     }
 }

@@ -17,7 +17,10 @@
 //! * the retry budget has a token ([`TpsBudget`]: by default retries may add at
 //!   most 20% to the calls made, plus 10 per second), so a struggling server is
 //!   not hit by a retry storm. Every service built from one layer (and its
-//!   clones) shares the budget.
+//!   clones) shares the budget. A call that would have been retried but for
+//!   the budget says so: its status keeps the code of the last attempt, its
+//!   message ends with `(not retried: the retry budget is exhausted)`, its
+//!   source is an [`error::BudgetExhausted`], and the layer logs a WARN event.
 //!
 //! The backoff before retry *n* is a random duration in `[0, min(max, initial × 2ⁿ⁻¹)]`
 //! ("full jitter"). A response that succeeded after retries carries an
@@ -44,6 +47,7 @@
 //! [`Status::is_refused`]: trpc::Status::is_refused
 //! [`Request::try_clone`]: trpc::Request::try_clone
 
+pub mod error;
 pub mod future;
 mod layer;
 mod policy;
@@ -80,12 +84,12 @@ pub struct Retry<S> {
 }
 
 impl<S> Retry<S> {
-    /// Wraps `inner` with the policy of `layer`.
-    pub fn new(inner: S, layer: &RetryLayer) -> Self {
+    /// Wraps `inner` with the policy and budget of `layer`.
+    pub fn new(inner: S, layer: RetryLayer) -> Self {
         Retry {
             inner,
-            policy: layer.policy.clone(),
-            budget: layer.budget.clone(),
+            policy: layer.policy,
+            budget: layer.budget,
         }
     }
 

@@ -7,6 +7,7 @@ use tower::retry::budget::TpsBudget;
 use tower_test::mock;
 use trpc::{Body, Code, Payload, Request, Response, Status};
 
+use super::error::BudgetExhausted;
 use super::{Attempts, Idempotent, RetryLayer};
 use crate::test_util::{request, response, status, stream_body};
 
@@ -194,11 +195,30 @@ async fn an_exhausted_budget_stops_retries() {
     );
 
     assert!(svc.poll_ready().is_ready());
+    #[cfg(feature = "trace")]
+    let logs = crate::test_util::Logs::capture_at(tracing::Level::WARN);
     let fut = svc.call(request("idem.Svc/Get", "b"));
     let (_req, send) = handle.next_request().await.unwrap();
     send.send_error(Status::unavailable("down"));
-    assert_eq!(status(fut.await.unwrap_err()).code(), Code::Unavailable);
+    let s = status(fut.await.unwrap_err());
+    #[cfg(feature = "trace")]
+    {
+        let lines = logs.lines_with("retry budget is exhausted");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains(r#""level":"WARN""#), "{}", lines[0]);
+    }
     assert!(handle.poll_request().is_pending(), "retried without budget");
+    // The caller learns why the call was not retried.
+    assert_eq!(s.code(), Code::Unavailable);
+    assert_eq!(
+        s.message(),
+        "down (not retried: the retry budget is exhausted)"
+    );
+    let why = std::error::Error::source(&s)
+        .and_then(|e| e.downcast_ref::<BudgetExhausted>())
+        .expect("a BudgetExhausted source");
+    assert_eq!(why.attempts(), 1);
+    assert_eq!(why.to_string(), "retry budget exhausted after 1 attempt");
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,25 +10,46 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use trpc::{Body, BoxError, Payload, Response, Status};
 
-use super::error::deadline_exceeded;
+use super::error::Expiry;
+
+/// Who ends the call when its deadline passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Enforcer {
+    /// This future's own timer, for the whole call.
+    Layer,
+    /// The channel below, until the response arrives; this future's timer
+    /// covers a response stream.
+    Channel,
+    /// The server transport, for the whole call.
+    Transport,
+}
 
 pin_project! {
-    /// Races the inner future against the call's deadline.
+    /// Races the inner future against the call's deadline when nothing below
+    /// enforces it (see [`Timeout`](super::Timeout)); otherwise passes it
+    /// through.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Sleep,
+        // Armed only when this layer enforces the deadline itself (boxed: the
+        // common case, a deadline enforced below, then carries 8 bytes, not
+        // a timer entry, through every layer above).
+        sleep: Option<Pin<Box<Sleep>>>,
         deadline: Instant,
+        enforcer: Enforcer,
+        expiry: Expiry,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, deadline: Instant) -> Self {
+    pub(crate) fn new(inner: F, deadline: Instant, enforcer: Enforcer, expiry: Expiry) -> Self {
         ResponseFuture {
             inner,
-            sleep: tokio::time::sleep_until(deadline),
+            sleep: (enforcer == Enforcer::Layer)
+                .then(|| Box::pin(tokio::time::sleep_until(deadline))),
             deadline,
+            enforcer,
+            expiry,
         }
     }
 }
@@ -37,6 +58,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("deadline", &self.deadline)
+            .field("enforcer", &self.enforcer)
             .finish()
     }
 }
@@ -52,22 +74,26 @@ where
         let this = self.project();
         match this.inner.poll(cx) {
             Poll::Ready(Ok(resp)) => {
-                if !resp.get_ref().is_stream() {
+                if !resp.get_ref().is_stream() || *this.enforcer == Enforcer::Transport {
                     return Poll::Ready(Ok(resp));
                 }
                 // The deadline covers the whole call, stream included.
-                let deadline = *this.deadline;
+                let (deadline, expiry) = (*this.deadline, *this.expiry);
                 Poll::Ready(Ok(resp.map(|body| {
                     Body::stream(DeadlineBody {
                         inner: Some(body),
                         sleep: tokio::time::sleep_until(deadline),
+                        expiry,
                     })
                 })))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
             Poll::Pending => {
-                ready!(this.sleep.poll(cx));
-                Poll::Ready(Err(deadline_exceeded("before the response arrived").into()))
+                if let Some(sleep) = this.sleep.as_mut() {
+                    ready!(sleep.as_mut().poll(cx));
+                    return Poll::Ready(Err(this.expiry.status(false).into()));
+                }
+                Poll::Pending
             }
         }
     }
@@ -80,6 +106,7 @@ pin_project! {
         inner: Option<Body>,
         #[pin]
         sleep: Sleep,
+        expiry: Expiry,
     }
 }
 
@@ -100,7 +127,7 @@ impl Stream for DeadlineBody {
             Poll::Pending => {
                 ready!(this.sleep.poll(cx));
                 *this.inner = None;
-                Poll::Ready(Some(Err(deadline_exceeded("during the response stream"))))
+                Poll::Ready(Some(Err(this.expiry.status(true))))
             }
         }
     }

@@ -29,6 +29,6 @@ impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout::new(inner, self.timeout)
+        Timeout::new(inner, *self)
     }
 }

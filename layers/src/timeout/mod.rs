@@ -1,4 +1,5 @@
-//! Call deadlines: [`TimeoutLayer`] sets a deadline on each call and enforces it.
+//! Call deadlines: [`TimeoutLayer`] gives each call a deadline and makes sure
+//! the call ends when it passes.
 //!
 //! The same layer serves both sides of a call:
 //!
@@ -10,14 +11,36 @@
 //!   backoff included.
 //! * **Server**: the core sets the request's deadline from the caller's
 //!   `:timeout`; this layer narrows it to min(caller's deadline, now + timeout),
-//!   so the handler sees the effective deadline, and drops the handler when it
-//!   passes.
+//!   so the handler sees the effective deadline in `req.deadline()`.
 //!
-//! When the deadline passes the inner future is dropped (on the client that
-//! sends CANCEL to the server) and the call fails with `DEADLINE_EXCEEDED`,
-//! whose source is an [`error::Elapsed`]. For a streaming response the deadline
-//! covers the whole stream: when it passes, the stream ends with a
-//! `DEADLINE_EXCEEDED` item.
+//! When the deadline passes the call ends with `DEADLINE_EXCEEDED` (on the
+//! client the server is sent CANCEL; on the server the handler is dropped).
+//! For a streaming response the deadline covers the whole stream: when it
+//! passes, the stream ends with a `DEADLINE_EXCEEDED` item.
+//!
+//! ## Who keeps the timer
+//!
+//! A timer per call costs more than the rest of the layer, and the transports
+//! already keep one timer per connection for every call's deadline. So the
+//! layer times a call itself only when nothing below does:
+//!
+//! * **Server**: a trpc server transport enforces the request's deadline
+//!   ([`Request::deadline_enforced`]) and learns of every
+//!   [`Request::set_deadline`]: the layer only tightens the deadline.
+//! * **Client**: a [`Channel`](trpc::Channel) enforces `req.deadline()` until
+//!   the response arrives and reports it through a
+//!   [`DeadlineProbe`](trpc::client::DeadlineProbe) when it takes the call on
+//!   inside the layer's `call`. Layers that pass the call straight on (auth,
+//!   metrics, compression, a retry's first attempt, a load balancer picking a
+//!   ready channel) keep that answer; a `tower::buffer::Buffer`, which hands
+//!   the call to a worker that may wait for readiness past the deadline, or
+//!   any other service, does not, and the layer arms its own timer. A
+//!   response stream is always timed by the layer on the client (the channel
+//!   only times the wait for the response).
+//!
+//! Errors are a `DEADLINE_EXCEEDED` [`Status`](trpc::Status) whose source is
+//! an [`error::Elapsed`]; the message says which side gave up and, on the
+//! server, whether the server's timeout or the caller's deadline passed.
 //!
 //! ```
 //! use std::time::Duration;
@@ -32,6 +55,7 @@
 //! ```
 //!
 //! [`Request::set_deadline`]: trpc::Request::set_deadline
+//! [`Request::deadline_enforced`]: trpc::Request::deadline_enforced
 
 pub mod error;
 pub mod future;
@@ -40,25 +64,27 @@ mod layer;
 pub use layer::TimeoutLayer;
 
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_service::Service;
+use trpc::client::DeadlineProbe;
 use trpc::{Body, BoxError, Request, Response};
 
-use self::future::ResponseFuture;
+use self::error::Expiry;
+use self::future::{Enforcer, ResponseFuture};
+use crate::Side;
 
 /// Sets and enforces a call deadline; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct Timeout<S> {
     inner: S,
-    timeout: Duration,
+    layer: TimeoutLayer,
 }
 
 impl<S> Timeout<S> {
-    /// Wraps `inner`, giving every call at most `timeout`.
-    pub const fn new(inner: S, timeout: Duration) -> Self {
-        Timeout { inner, timeout }
+    /// Wraps `inner` with the configuration of `layer`.
+    pub const fn new(inner: S, layer: TimeoutLayer) -> Self {
+        Timeout { inner, layer }
     }
 
     /// The inner service.
@@ -91,10 +117,33 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let ours = Instant::now() + self.timeout;
+        let timeout = self.layer.timeout();
+        let ours = Instant::now() + timeout;
         req.set_deadline(ours);
         let deadline = req.deadline().unwrap_or(ours);
-        ResponseFuture::new(self.inner.call(req), deadline)
+        let expiry = match Side::of(&req) {
+            Side::Client => Expiry::Client,
+            Side::Server if deadline < ours => Expiry::CallerDeadline,
+            Side::Server => Expiry::ServerTimeout(timeout),
+        };
+        if req.deadline_enforced() {
+            return ResponseFuture::new(
+                self.inner.call(req),
+                deadline,
+                Enforcer::Transport,
+                expiry,
+            );
+        }
+        let probe = DeadlineProbe::start();
+        let future = self.inner.call(req);
+        let enforcer = if probe.finish().is_some_and(|d| d <= deadline) {
+            Enforcer::Channel
+        } else {
+            // Layers above need no timer of their own: this one ends the call.
+            DeadlineProbe::enforced(deadline);
+            Enforcer::Layer
+        };
+        ResponseFuture::new(future, deadline, enforcer, expiry)
     }
 }
 

@@ -50,7 +50,7 @@ use trpc::{Body, BoxError, Request, Response};
 
 use self::context::CurrentGuard;
 use self::future::{Call, ResponseFuture};
-use self::layer::Side;
+use crate::Side;
 
 /// Traces calls; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -108,9 +108,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let start = Instant::now();
-        let side = self.layer.side;
-        let ctx = match side {
+        let layer = self.layer;
+        let ctx = match layer.side {
             Side::Server => {
                 let remote = req
                     .metadata()
@@ -133,49 +132,60 @@ where
                     .or_else(TraceContext::current);
                 let ctx = parent.map_or_else(TraceContext::new_root, |p| p.child());
                 // Always valid: ASCII hex and dashes.
-                if let Ok(v) = MetadataValue::try_from(ctx.traceparent()) {
+                if let Ok(v) = ctx.with_traceparent(|tp| MetadataValue::try_from(tp)) {
                     req.metadata_mut().insert_value(TRACEPARENT, v);
                 }
                 ctx
             }
         };
-        let span = span_at!(
-            self.layer.span_level,
-            "rpc",
-            otel.kind = side.as_str(),
-            method = %req.method(),
-            trace_id = %ctx.trace_id(),
-            span_id = %ctx.span_id(),
-            parent_id = field::Empty,
-            stream_id = field::Empty,
-            peer = field::Empty,
-            code = field::Empty,
-            latency_ms = field::Empty,
-            messages = field::Empty,
-        );
-        if let Some(parent) = ctx.parent_id() {
-            span.record("parent_id", field::display(parent));
-        }
-        if side == Side::Server {
-            span.record("stream_id", req.stream_id());
-            if let Some(peer) = req.remote_addr() {
-                span.record("peer", field::display(peer));
+        // Nothing to time or log unless a subscriber takes what this layer
+        // would log at its most severe level: then only the trace context
+        // travels.
+        let call = layer.logs_enabled().then(|| {
+            // Every field at once: recording them later costs a dispatch each.
+            let span = match layer.side {
+                Side::Server => span_at!(
+                    layer.span_level,
+                    "rpc",
+                    otel.kind = "server",
+                    method = %req.method(),
+                    trace_id = %ctx.trace_id(),
+                    span_id = %ctx.span_id(),
+                    parent_id = ctx.parent_id().map(field::display),
+                    stream_id = req.stream_id(),
+                    peer = req.remote_addr().map(field::display),
+                    code = field::Empty,
+                    latency_ms = field::Empty,
+                    messages = field::Empty,
+                ),
+                Side::Client => span_at!(
+                    layer.span_level,
+                    "rpc",
+                    otel.kind = "client",
+                    method = %req.method(),
+                    trace_id = %ctx.trace_id(),
+                    span_id = %ctx.span_id(),
+                    parent_id = ctx.parent_id().map(field::display),
+                    code = field::Empty,
+                    latency_ms = field::Empty,
+                    messages = field::Empty,
+                ),
+            };
+            Call {
+                span,
+                method: req.method().clone(),
+                start: Instant::now(),
+                deadline: req.deadline(),
+                level_for: layer.level_for,
             }
-        }
-        let call = Call {
-            span,
-            ctx,
-            method: req.method().clone(),
-            start,
-            deadline: req.deadline(),
-            layer: self.layer,
-        };
+        });
+        // The handler's future is made with the call's context current; its
+        // span is entered from its first poll on.
         let future = {
-            let _enter = call.span.enter();
-            let _current = (side == Side::Server).then(|| CurrentGuard::enter(ctx));
+            let _current = (layer.side == Side::Server).then(|| CurrentGuard::enter(ctx));
             self.inner.call(req)
         };
-        ResponseFuture::new(future, call)
+        ResponseFuture::new(future, ctx, layer.side, call)
     }
 }
 

@@ -126,6 +126,9 @@ async fn the_end_of_a_call_is_logged_at_a_level_by_outcome() {
         ("a.B/Ok", Ok(())),
         ("a.B/Missing", Err(Status::not_found("no such thing"))),
         ("a.B/Broken", Err(Status::internal("bug"))),
+        // What the router answers for a method it does not have: the
+        // caller's mistake, not a server fault.
+        ("a.B/Unknown", Err(Status::unimplemented("unknown method"))),
     ] {
         assert!(svc.poll_ready().is_ready());
         let mut req = request(method, "hi");
@@ -151,6 +154,9 @@ async fn the_end_of_a_call_is_logged_at_a_level_by_outcome() {
     let broken = logs.lines_with("a.B/Broken");
     assert!(broken[0].contains(r#""level":"ERROR""#), "{}", broken[0]);
     assert!(broken[0].contains("bug"), "{}", broken[0]);
+    let unknown = logs.lines_with("a.B/Unknown");
+    assert!(unknown[0].contains(r#""level":"WARN""#), "{}", unknown[0]);
+    assert!(unknown[0].contains("UNIMPLEMENTED"), "{}", unknown[0]);
 }
 
 #[tokio::test]
