@@ -6,8 +6,6 @@
 //! interleaved streams, PING, CANCEL and connection errors. `make test`
 //! installs python3 when it is missing.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use trpc::server::{unary, Router};
 use trpc::{Code, Request, Response, Status};
 
-use common::{serve, within, EchoMsg};
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve;
+use trpc_integration::within;
 
 #[derive(Serialize, Deserialize)]
 struct Sleep {
