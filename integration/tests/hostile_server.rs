@@ -27,6 +27,9 @@ use trpc_integration::{within, SOON};
 
 const MIB: usize = 1 << 20;
 
+/// Metadata entries for [`metadata_block`].
+type Entries<'a> = Vec<(&'a str, &'a [u8])>;
+
 /// A unary echo call of `text`, running in the background.
 fn echo(channel: &Channel, text: &str) -> JoinHandle<Result<EchoMsg, Status>> {
     let mut client = Client::new(channel.clone());
@@ -411,7 +414,8 @@ async fn data_with_end_stream_and_no_status_fails_the_stream_with_internal() {
 async fn a_missing_or_malformed_status_fails_the_call() {
     let fake = FakeServer::bind().await;
     let (channel, mut conn) = fake.connect().await;
-    let cases: Vec<(Vec<(&str, &[u8])>, Code, &str)> = vec![
+    // (metadata entries, the call's code, what its message mentions)
+    let cases: Vec<(Entries<'_>, Code, &str)> = vec![
         (vec![], Code::Internal, "without a :status"),
         (vec![("x-a", b"b")], Code::Internal, "without a :status"),
         (vec![(":status", b"abc")], Code::Internal, "not a number"),
