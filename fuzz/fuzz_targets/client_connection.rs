@@ -20,15 +20,17 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::stream;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use trpc::frame::Settings;
 use trpc::{Channel, Client, Endpoint, Request, Status};
+
+#[path = "support/pipe_input.rs"]
+mod pipe_input;
+use pipe_input::{drain, piece, PipeInput};
 
 /// Longer than anything in a run may take, in virtual time.
 const HOUR: Duration = Duration::from_secs(3600);
@@ -106,25 +108,15 @@ fn first_frame_len(wire: &[u8]) -> usize {
 }
 
 async fn run(data: &[u8]) {
-    let flags = data[0];
-    let mut seed = u64::from_le_bytes(data[1..9].try_into().unwrap()) | 1;
-    let mut wire = Vec::new();
-    if flags & 1 != 0 {
-        let mut b = BytesMut::new();
-        Settings::default().encode(&mut b);
-        wire.extend_from_slice(&b);
-    }
-    wire.extend_from_slice(&data[9..]);
-    let close_after = flags & 2 != 0;
+    let mut input = PipeInput::parse(data);
+    let (flags, close_after) = (input.flags, input.close_after());
+    let wire = std::mem::take(&mut input.wire);
 
     let (client_io, server_io) = tokio::io::duplex(16 * 1024);
-    let (mut rd, mut wr) = tokio::io::split(server_io);
+    let (rd, mut wr) = tokio::io::split(server_io);
     // The server reads (and drops) whatever the client sends, until the
     // client closes the connection.
-    let reader = tokio::spawn(async move {
-        let mut sink = vec![0u8; 16 * 1024];
-        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
-    });
+    let reader = drain(rd);
     // The server writes the fuzz bytes in seeded pieces; between pieces the
     // client handles what arrived (frames are applied), and some pauses let
     // the client's timers fire mid-conversation. After the first frame it
@@ -140,10 +132,8 @@ async fn run(data: &[u8]) {
                     let _ = started.await;
                 }
             }
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let mut n = (1 + (seed % 512) as usize).min(rest.len());
+            let seed = input.next_seed();
+            let mut n = piece(seed, rest.len());
             if started.is_some() {
                 n = n.min(handshake - (wire.len() - rest.len()));
             }

@@ -44,6 +44,14 @@ pub struct Ask {
     pub millis: u64,
 }
 
+/// A number, for counting and streaming tests. In JSON it is `{"n":7}`.
+#[derive(Clone, PartialEq, Eq, prost::Message, serde::Serialize, serde::Deserialize)]
+pub struct Num {
+    /// The number.
+    #[prost(uint64, tag = "1")]
+    pub n: u64,
+}
+
 /// A deterministic byte pattern of `len` bytes (what size tests send and
 /// compare).
 pub fn pattern(len: usize) -> Vec<u8> {

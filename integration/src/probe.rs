@@ -16,10 +16,11 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use trpc::server::{unary, Router};
-use trpc::{Request, Response, Status};
+use trpc::codec::{Json, Proto};
+use trpc::server::{client_streaming, unary, Router};
+use trpc::{Request, Response, Status, Streaming};
 
-use crate::messages::EchoMsg;
+use crate::messages::{EchoMsg, Num};
 use crate::wait::within;
 
 /// What a probed handler did.
@@ -88,6 +89,30 @@ pub fn sleep_router(probe: Probe) -> Router {
                 Ok::<_, Status>(Response::new(EchoMsg::new("slept")))
             }
         }),
+    )
+}
+
+/// A router with a client-streaming `method` that counts the messages of
+/// its request stream ([`Num`]s, JSON or protobuf) and answers the count,
+/// under `probe`: `Started`, then `Finished`, or `Dropped` if the call ends
+/// any other way (cancelled, timed out, a broken request stream).
+pub fn count_router(probe: Probe, method: &str) -> Router {
+    Router::new().route(
+        method,
+        client_streaming(move |req: Request<Streaming<Num>>| {
+            let probe = probe.clone();
+            async move {
+                let guard = probe.enter();
+                let mut s = req.into_inner();
+                let mut n = 0;
+                while s.message().await?.is_some() {
+                    n += 1;
+                }
+                guard.finish();
+                Ok::<_, Status>(Response::new(Num { n }))
+            }
+        })
+        .codec((Json, Proto)),
     )
 }
 

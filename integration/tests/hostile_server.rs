@@ -546,19 +546,30 @@ async fn stream_window_updates_of_zero_or_overflowing_end_the_stream_with_resour
     channel_works(&channel, &mut conn).await;
 }
 
-#[tokio::test]
-async fn a_server_exceeding_the_stream_window_fails_that_stream_with_resource_exhausted() {
-    let fake = FakeServer::bind().await;
-    let endpoint = fake.endpoint().stream_window(1024);
+/// Connects `endpoint` (small windows) and starts a server-streaming call
+/// whose answer sends a 2000-byte message, then another without waiting
+/// for credit: the first may overshoot a 1 KiB window, the next may not
+/// (nobody read the first, so no credit came back). Returns the channel,
+/// the server's side, the stream id and the response stream.
+async fn overrun_window(
+    fake: &FakeServer,
+    endpoint: trpc::Endpoint,
+) -> (Channel, Peer, u32, Streaming<EchoMsg>) {
     let (channel, mut conn) = fake.connect_with(endpoint, server_settings()).await;
     let call = server_stream(&channel);
     let id = conn.request().await.stream_id;
     conn.send(&response_headers(id, &[])).await;
-    let mut s = outcome(call).await.expect("the response starts");
-    // The first message may overshoot the 1 KiB window; the next may not
-    // (nobody read the first, so no credit came back).
+    let s = outcome(call).await.expect("the response starts");
     conn.send(&data(id, 0, &echo_body(&"x".repeat(2000)))).await;
     conn.send(&data(id, 0, &echo_body("one too many"))).await;
+    (channel, conn, id, s)
+}
+
+#[tokio::test]
+async fn a_server_exceeding_the_stream_window_fails_that_stream_with_resource_exhausted() {
+    let fake = FakeServer::bind().await;
+    let (channel, mut conn, id, mut s) =
+        overrun_window(&fake, fake.endpoint().stream_window(1024)).await;
     assert_eq!(
         next_cancel(&mut conn).await,
         (id, Code::ResourceExhausted as u32)
@@ -576,14 +587,8 @@ async fn a_server_exceeding_the_stream_window_fails_that_stream_with_resource_ex
 #[tokio::test]
 async fn a_server_exceeding_the_connection_window_is_a_flow_control_error() {
     let fake = FakeServer::bind().await;
-    let endpoint = fake.endpoint().connection_window(1024);
-    let (channel, mut conn) = fake.connect_with(endpoint, server_settings()).await;
-    let call = server_stream(&channel);
-    let id = conn.request().await.stream_id;
-    conn.send(&response_headers(id, &[])).await;
-    let mut s = outcome(call).await.expect("the response starts");
-    conn.send(&data(id, 0, &echo_body(&"x".repeat(2000)))).await;
-    conn.send(&data(id, 0, &echo_body("one too many"))).await;
+    let (channel, mut conn, _, mut s) =
+        overrun_window(&fake, fake.endpoint().connection_window(1024)).await;
     let g = client_goaway_then_close(&mut conn).await;
     assert_goaway(&g, GoawayCode::FlowControlError, "connection window");
     // The message that arrived within the window is still delivered.

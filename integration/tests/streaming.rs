@@ -14,14 +14,9 @@ use trpc::server::{bidi_streaming, client_streaming, server_streaming, unary, Ro
 use trpc::stats::TransportStats;
 use trpc::{Client, Code, MetadataMap, Request, Response, Status, Streaming};
 use trpc_integration::client::{connect as channel, endpoint};
-use trpc_integration::probe::{Event, Events, Probe};
+use trpc_integration::messages::Num;
+use trpc_integration::probe::{count_router, Event, Events, Probe};
 use trpc_integration::server::{serve_with, TestServer};
-
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
-struct Num {
-    #[prost(uint64, tag = "1")]
-    n: u64,
-}
 
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
 struct Chunk {
@@ -106,21 +101,6 @@ fn router(probe: Probe, produced: Arc<AtomicUsize>) -> Router {
             Ok::<_, Status>(Response::new(s))
         }
     };
-    // Reads the request stream until cancelled; reports when dropped.
-    let p = probe.clone();
-    let drain = move |req: Request<Streaming<Num>>| {
-        let p = p.clone();
-        async move {
-            let guard = p.enter();
-            let mut s = req.into_inner();
-            let mut n = 0;
-            while s.message().await?.is_some() {
-                n += 1;
-            }
-            guard.finish();
-            Ok::<_, Status>(Response::new(Num { n }))
-        }
-    };
     // Fails after two request messages while the client is still sending.
     let reject = |req: Request<Streaming<Num>>| async move {
         let mut s = req.into_inner();
@@ -164,11 +144,12 @@ fn router(probe: Probe, produced: Arc<AtomicUsize>) -> Router {
         .route("t.S/FailMid", server_streaming(fail_mid).codec(both))
         .route("t.S/FailFirst", server_streaming(fail_first).codec(both))
         .route("t.S/Forever", server_streaming(forever).codec(both))
-        .route("t.S/Drain", client_streaming(drain).codec(both))
         .route("t.S/Reject", client_streaming(reject).codec(both))
         .route("t.S/Download", server_streaming(download).codec(Proto))
         .route("t.S/SlowUpload", client_streaming(slow_upload).codec(Proto))
         .route("t.S/Ping", unary(ping).codec(both))
+        // Reads the request stream until cancelled; reports when dropped.
+        .merge(count_router(probe, "t.S/Drain"))
 }
 
 /// A server of [`router`] with its counters and probe events.

@@ -5,40 +5,22 @@
 use std::time::Duration;
 
 use futures_util::stream;
-use trpc::codec::Json;
 use trpc::frame::{GoawayCode, Settings};
-use trpc::server::{client_streaming, server_streaming, unary, Router, Server};
-use trpc::{Code, Request, Response, Status, Streaming};
+use trpc::server::{server_streaming, unary, Router, Server};
+use trpc::{Code, Request, Response, Status};
 use trpc_integration::fake_server::FakeServer;
 use trpc_integration::frames::{
     data, flag, kind, open_stream, raw_frame, response_headers, unary_request, window_update,
 };
+use trpc_integration::messages::Num;
 use trpc_integration::peer::{Peer, RawResponse};
-use trpc_integration::probe::{Event, Events, Probe};
+use trpc_integration::probe::{count_router, Event, Events, Probe};
 use trpc_integration::server::{serve_with, TestServer};
 use trpc_integration::{within, SOON};
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Num {
-    n: u64,
-}
 
 /// `t.S/Count` counts the messages of a request stream (reporting to the
 /// probe); `t.S/Forever` streams a message every 5 ms; `t.S/Ping` echoes.
 fn router(probe: Probe) -> Router {
-    let count = move |req: Request<Streaming<Num>>| {
-        let probe = probe.clone();
-        async move {
-            let guard = probe.enter();
-            let mut s = req.into_inner();
-            let mut n = 0;
-            while s.message().await?.is_some() {
-                n += 1;
-            }
-            guard.finish();
-            Ok::<_, Status>(Response::new(Num { n }))
-        }
-    };
     let forever = |_req: Request<Num>| async move {
         let s = stream::unfold(0u64, |n| async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -47,8 +29,7 @@ fn router(probe: Probe) -> Router {
         Ok::<_, Status>(Response::new(s))
     };
     let ping = |req: Request<Num>| async move { Ok::<_, Status>(Response::new(req.into_inner())) };
-    Router::new()
-        .route("t.S/Count", client_streaming(count).codec(Json))
+    count_router(probe, "t.S/Count")
         .route("t.S/Forever", server_streaming(forever))
         .route("t.S/Ping", unary(ping))
 }

@@ -12,8 +12,8 @@ use tokio::io::DuplexStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use trpc::frame::{FrameType, Goaway, GoawayCode};
-use trpc::server::{client_streaming, Router, Server};
-use trpc::{Channel, Client, Code, Endpoint, Request, Response, Status, Streaming};
+use trpc::server::Server;
+use trpc::{Channel, Client, Code, Endpoint, Request, Response, Status};
 use trpc_integration::fake_server::server_settings;
 use trpc_integration::frames::{
     data, kind, open_stream, pong, raw_frame, raw_frame_lens, reply, unary_request, window_update,
@@ -21,7 +21,7 @@ use trpc_integration::frames::{
 use trpc_integration::messages::{echo_body, EchoMsg};
 use trpc_integration::peer::{Peer, Seen};
 use trpc_integration::pipe::{channel_peer, pipe_endpoint, serve_channel, serve_peer};
-use trpc_integration::probe::{sleep_router, Event, Probe};
+use trpc_integration::probe::{count_router, sleep_router, Event, Probe};
 use trpc_integration::server::echo_router;
 use trpc_integration::{within, SOON};
 
@@ -250,107 +250,60 @@ async fn a_client_that_never_identifies_itself_is_cut_at_the_handshake_timeout()
     server_ends(task).await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_frame_header_not_complete_within_the_frame_timeout_is_cut_however_it_trickles() {
-    // Five bytes of a header, then nothing.
+/// Sends `pieces` (each after its pause, in seconds) to a server with a
+/// 10 s frame timeout; checks its GOAWAY(TIMEOUT) mentioning `text`, then
+/// the close, at `at` seconds.
+async fn cut_by_the_frame_timeout(pieces: &[(u64, &[u8])], text: &str, at: u64) {
     let server = quiet_server().frame_timeout(Duration::from_secs(10));
     let (mut client, task) = serve_peer(server, echo_router());
     let start = Instant::now();
     client.exchange_settings().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    client.send(&[0x74, 0x52, 1, kind::PING, 0]).await;
-    expect_goaway_then_close_at(
-        &mut client,
-        start,
-        GoawayCode::Timeout,
-        "frame header incomplete",
-        Duration::from_secs(11),
-    )
-    .await;
-    server_ends(task).await;
-
-    // A byte every 3 s: progress does not extend a header's deadline.
-    let server = quiet_server().frame_timeout(Duration::from_secs(10));
-    let (mut client, task) = serve_peer(server, echo_router());
-    let start = Instant::now();
-    client.exchange_settings().await;
-    for (i, b) in [0x74, 0x52, 1, kind::PING].into_iter().enumerate() {
-        if i > 0 {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        } else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        client.send(&[b]).await;
+    for (pause, bytes) in pieces {
+        tokio::time::sleep(Duration::from_secs(*pause)).await;
+        client.send(bytes).await;
     }
     expect_goaway_then_close_at(
         &mut client,
         start,
         GoawayCode::Timeout,
-        "frame header incomplete",
-        Duration::from_secs(11),
+        text,
+        Duration::from_secs(at),
     )
     .await;
     server_ends(task).await;
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_frame_body_that_stalls_for_the_frame_timeout_is_cut() {
-    let server = quiet_server().frame_timeout(Duration::from_secs(10));
-    let (mut client, task) = serve_peer(server, echo_router());
-    let start = Instant::now();
-    client.exchange_settings().await;
-    // A DATA frame claiming 100 bytes: 50 at 1 s, 10 more at 6 s, then
-    // nothing. The body's deadline moves with each arrival.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    client
-        .send(&raw_frame_lens(kind::DATA, 0, 99, 0, 100, &[b'x'; 50]))
-        .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    client.send(&[b'x'; 10]).await;
-    expect_goaway_then_close_at(
-        &mut client,
-        start,
-        GoawayCode::Timeout,
-        "incomplete frame",
-        Duration::from_secs(16),
-    )
-    .await;
-    server_ends(task).await;
+async fn a_frame_header_not_complete_within_the_frame_timeout_is_cut_however_it_trickles() {
+    // Five bytes of a header at 1 s, then nothing.
+    let five = [0x74, 0x52, 1, kind::PING, 0];
+    cut_by_the_frame_timeout(&[(1, &five)], "frame header incomplete", 11).await;
+    // A byte every 3 s: progress does not extend a header's deadline.
+    let trickle: [(u64, &[u8]); 4] = [(1, &[0x74]), (3, &[0x52]), (3, &[1]), (3, &[kind::PING])];
+    cut_by_the_frame_timeout(&trickle, "frame header incomplete", 11).await;
 }
 
-/// `t.S/Count`: counts the request stream's messages, reporting to `probe`.
-fn count_router(probe: Probe) -> Router {
-    Router::new().route(
-        "t.S/Count",
-        client_streaming(move |req: Request<Streaming<EchoMsg>>| {
-            let probe = probe.clone();
-            async move {
-                let guard = probe.enter();
-                let mut s = req.into_inner();
-                let mut n = 0;
-                while s.message().await?.is_some() {
-                    n += 1;
-                }
-                guard.finish();
-                Ok::<_, Status>(Response::new(EchoMsg::new(n.to_string())))
-            }
-        }),
-    )
+#[tokio::test(start_paused = true)]
+async fn a_frame_body_that_stalls_for_the_frame_timeout_is_cut() {
+    // A DATA frame claiming 100 bytes: 50 at 1 s, 10 more at 6 s, then
+    // nothing. The body's deadline moves with each arrival.
+    let head = raw_frame_lens(kind::DATA, 0, 99, 0, 100, &[b'x'; 50]);
+    cut_by_the_frame_timeout(&[(1, &head), (5, &[b'x'; 10])], "incomplete frame", 16).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_request_stream_silent_for_the_stream_idle_timeout_is_ended_and_its_handler_dropped() {
     let (probe, mut events) = Probe::new();
     let server = quiet_server().stream_idle_timeout(Duration::from_secs(30));
-    let (mut client, task) = serve_peer(server, count_router(probe));
+    let (mut client, task) = serve_peer(server, count_router(probe, "t.S/Count"));
     let start = Instant::now();
     client.exchange_settings().await;
     client.send(&open_stream(1, "t.S/Count")).await;
-    client.send(&data(1, 0, &echo_body("one"))).await;
+    client.send(&data(1, 0, b"{\"n\":1}")).await;
     events.expect(Event::Started, SOON).await;
     // A message at 20 s: the stream's idle time counts from there.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    client.send(&data(1, 0, &echo_body("two"))).await;
+    client.send(&data(1, 0, b"{\"n\":2}")).await;
     let f = expect_frame_at(
         &mut client,
         start,
