@@ -3,21 +3,36 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/trpc-target
 CARGO ?= cargo
 
-.PHONY: demo test deps fmt fmt-check clippy unit doc-test bench fuzz clean
+.PHONY: demo test deps interop fmt fmt-check clippy unit doc-test bench fuzz clean
 
 ## demo: start the echo server, show a reply, a deadline, a status error, metadata and a recovered panic, stop gracefully;
-## then every layer at once (examples/full_stack): a retried call, rejected credentials, compression, /metrics.
+## the same port over gRPC (trpc call grpc://) and the HTTP/JSON gateway (curl); then every layer at
+## once (examples/full_stack): a retried call, rejected credentials, compression, /metrics; then one
+## axum app serving REST, gRPC and the JSON gateway (examples/axum_gateway), driven with curl.
 demo:
-	$(CARGO) build --quiet --example echo_server --example full_stack --bin trpc
+	@command -v curl >/dev/null 2>&1 || { apt-get update && apt-get install -y curl; }
+	$(CARGO) build --quiet --example echo_server --example full_stack --example axum_gateway --bin trpc
 	./scripts/demo.sh
 
 ## test: formatting, clippy -D warnings, and every unit, doc and integration test.
 test: deps fmt-check clippy unit doc-test
 
 ## deps: system packages the tests need, installed when missing (python3 runs the
-## cross-language client of integration/interop/ against a trpc server).
+## cross-language client of integration/interop/ against a trpc server; the gRPC
+## interop tests run Python grpcio from a venv (integration/interop/venv.sh:
+## grpcio, grpcio-tools, grpcio-health-checking from PyPI); etcd-server is the Go
+## gRPC server the gRPC client is tested against).
 deps:
 	@command -v python3 >/dev/null 2>&1 || { apt-get update && apt-get install -y python3; }
+	@python3 -c "import ensurepip" >/dev/null 2>&1 || { apt-get update && apt-get install -y python3-venv; }
+	@command -v etcd >/dev/null 2>&1 || { apt-get update && apt-get install -y etcd-server; }
+	@bash integration/interop/venv.sh >/dev/null
+
+## interop: the gRPC interop suite both ways on its own (also part of `make test`):
+## a Python grpcio client against trpc's interop server, trpc's client against a
+## Python grpcio server and against trpc, and trpc's client against etcd.
+interop: deps
+	$(CARGO) test -p trpc-integration --test grpc_interop --test grpc_etcd
 
 fmt:
 	$(CARGO) fmt --all

@@ -52,6 +52,15 @@ STATS="$("$T" call "$ADDR" echo.Echo/Stats)"
 echo "$STATS"
 echo "$STATS" | grep -q '"cancelled": 1' || { echo "expected one cancelled sleep"; exit 1; }
 
+step "the same port speaks gRPC: trpc call with a grpc:// target (the Say method accepts JSON and protobuf)"
+run "$T" call "grpc://$ADDR" echo.Echo/Say '{"message": "hello over gRPC"}' -H x-user=alice -v
+
+step "and the HTTP/JSON gateway: plain curl, same port"
+run curl -sS -X POST "http://$ADDR/echo.Echo/Say" -H 'content-type: application/json' -H 'x-user: carol' -d '{"message": "hello over HTTP"}'
+echo
+run curl -sS -i -X POST "http://$ADDR/echo.Echo/Fail" -d '{"code": 5, "message": "no such user"}'
+echo
+
 step "graceful shutdown on SIGTERM"
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID"; STATUS=$?
@@ -73,5 +82,33 @@ rm -f "$FS_LOG"
 for want in "reply \"hello, layers\"" "after 3 attempts" "wrong token   -> UNAUTHENTICATED" "PERMISSION_DENIED" "bytes on the wire" "trpc_server_calls_total"; do
   echo "$FS_OUT" | grep -qF "$want" || { echo "full_stack output lacks: $want"; exit 1; }
 done
+
+step "axum: one app serving REST, gRPC and the JSON gateway (examples/axum_gateway)"
+AX_LOG="$(mktemp -t trpc-axum.XXXXXX)"
+"$BIN/examples/axum_gateway" --listen 127.0.0.1:0 >"$AX_LOG" 2>&1 &
+AX_PID=$!
+SERVER_PID=$AX_PID
+AX=""
+for _ in $(seq 1 100); do
+  AX="$(sed -n 's/^listening on //p' "$AX_LOG" | head -n1)"
+  [ -n "$AX" ] && break
+  sleep 0.1
+done
+[ -n "$AX" ] || { echo "axum_gateway did not start"; cat "$AX_LOG"; exit 1; }
+echo "axum app on $AX"
+run curl -sS "http://$AX/healthz"
+AX_REST="$(curl -sS "http://$AX/api/greet/ann")"
+printf '$ curl -sS http://%s/api/greet/ann\n%s\n' "$AX" "$AX_REST"
+echo "$AX_REST" | grep -q 'hello, ann \[trpc\]' || { echo "REST route did not reach the trpc backend"; exit 1; }
+AX_JSON="$(curl -sS -H 'x-user: bob' -d '{"name": "ann"}' "http://$AX/greeter.Greeter/Greet")"
+printf '$ curl -sS -H "x-user: bob" -d %s http://%s/greeter.Greeter/Greet\n%s\n' "'{\"name\": \"ann\"}'" "$AX" "$AX_JSON"
+echo "$AX_JSON" | grep -q 'asked by bob) \[http\]' || { echo "JSON gateway answer unexpected"; exit 1; }
+run curl -sS -i -d '{"name": ""}' "http://$AX/greeter.Greeter/Greet"
+echo
+run curl -sS -d '{"name": "liftoff"}' "http://$AX/greeter.Greeter/Countdown"
+run "$T" call "grpc://$AX" greeter.Greeter/Greet '{"name": "a gRPC client"}'
+kill -TERM "$AX_PID"; wait "$AX_PID" || true
+SERVER_PID=""
+rm -f "$AX_LOG"
 
 step "demo finished"

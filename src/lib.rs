@@ -14,7 +14,9 @@
 //!   of any tower middleware.
 //!
 //! The wire format is specified in `docs/PROTOCOL.md`; the [`frame`] module
-//! implements it.
+//! implements it. The same services and clients also speak gRPC (one port
+//! serves both protocols) and an HTTP/JSON gateway that mounts in axum: see
+//! [`grpc`] and [`http`].
 //!
 //! ## Cargo features
 //!
@@ -49,6 +51,8 @@ pub mod client;
 pub mod codec;
 pub mod codegen;
 pub mod frame;
+pub mod grpc;
+pub mod http;
 pub mod metadata;
 mod proto;
 pub mod request;

@@ -119,6 +119,50 @@ impl Code {
     }
 }
 
+/// The HTTP view of codes, for gateways (the HTTP/JSON form of
+/// [`crate::http::HttpService`]).
+impl Code {
+    /// The HTTP status that stands for this code, as gRPC's HTTP mapping
+    /// (google.rpc.Code) gives it:
+    ///
+    /// | code | HTTP |
+    /// |---|---|
+    /// | OK | 200 |
+    /// | CANCELLED | 499 |
+    /// | UNKNOWN, INTERNAL, DATA_LOSS | 500 |
+    /// | INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE | 400 |
+    /// | DEADLINE_EXCEEDED | 504 |
+    /// | NOT_FOUND | 404 |
+    /// | ALREADY_EXISTS, ABORTED | 409 |
+    /// | PERMISSION_DENIED | 403 |
+    /// | RESOURCE_EXHAUSTED | 429 |
+    /// | UNIMPLEMENTED | 501 |
+    /// | UNAVAILABLE | 503 |
+    /// | UNAUTHENTICATED | 401 |
+    ///
+    /// ```
+    /// use trpc::Code;
+    /// assert_eq!(Code::NotFound.http_status(), 404);
+    /// assert_eq!(Code::Unavailable.http_status(), 503);
+    /// ```
+    pub const fn http_status(self) -> u16 {
+        match self {
+            Code::Ok => 200,
+            Code::Cancelled => 499,
+            Code::Unknown | Code::Internal | Code::DataLoss => 500,
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+            Code::DeadlineExceeded => 504,
+            Code::NotFound => 404,
+            Code::AlreadyExists | Code::Aborted => 409,
+            Code::PermissionDenied => 403,
+            Code::ResourceExhausted => 429,
+            Code::Unimplemented => 501,
+            Code::Unavailable => 503,
+            Code::Unauthenticated => 401,
+        }
+    }
+}
+
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

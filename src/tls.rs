@@ -18,7 +18,10 @@
 //! # drop((server, channel)); Ok(()) }
 //! ```
 //!
-//! Connections negotiate the ALPN protocol [`ALPN`] (`trpc/1`). On the server,
+//! Connections negotiate an ALPN protocol: native trpc clients offer [`ALPN`]
+//! (`trpc/1`), gRPC clients [`ALPN_H2`] (`h2`); a server offers both (and
+//! `http/1.1` for the HTTP/JSON gateway) and serves each connection in the
+//! protocol it negotiated (docs/GRPC.md). On the server,
 //! every request of a TLS connection carries a [`TlsInfo`] in its extensions,
 //! with the client certificate's identity under mutual TLS, for handlers and
 //! auth layers.
@@ -40,6 +43,10 @@ use crate::status::Status;
 
 /// The ALPN protocol id of trpc over TLS.
 pub const ALPN: &[u8] = b"trpc/1";
+/// The ALPN protocol id of HTTP/2 (gRPC over TLS).
+pub const ALPN_H2: &[u8] = b"h2";
+/// The ALPN protocol id of HTTP/1.1 (the HTTP/JSON gateway over TLS).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// An error in a TLS configuration (bad PEM, key mismatch, ...).
 #[derive(Debug, Clone)]
@@ -170,7 +177,7 @@ impl ServerTlsConfig {
         let mut config = builder
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(TlsError::new)?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = vec![ALPN.to_vec(), ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         Ok(ServerTls(TlsAcceptor::from(Arc::new(config))))
     }
 }
@@ -255,6 +262,11 @@ impl ClientTlsConfig {
     }
 
     pub(crate) fn connector(&self) -> Result<ClientTls, TlsError> {
+        self.connector_with_alpn(ALPN)
+    }
+
+    /// A connector offering ALPN protocol `alpn` (`trpc/1`, or `h2` for gRPC).
+    pub(crate) fn connector_with_alpn(&self, alpn: &[u8]) -> Result<ClientTls, TlsError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::new)?
@@ -265,7 +277,7 @@ impl ClientTlsConfig {
                 .map_err(TlsError::new)?,
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         let domain = match &self.domain {
             Some(d) => Some(
                 ServerName::try_from(d.clone())

@@ -300,3 +300,29 @@ fn gen_writes_the_generated_code_and_reports_proto_errors_with_file_and_line() {
     assert!(stderr.contains("broken.proto:3:13: "), "{stderr}");
     let _ = std::fs::remove_dir_all(&out_dir);
 }
+
+#[test]
+fn call_prints_a_json_codec_stream_as_lines_too() {
+    // Without the schema (the JSON codec end to end), a streamed reply is
+    // still one JSON document per line, after the channel is gone.
+    let server = route_guide();
+    let addr = server.addr.to_string();
+    let rect = r#"{"lo": {"latitude": 400000000, "longitude": -750000000},
+                   "hi": {"latitude": 410000000, "longitude": -745000000}}"#;
+    let text = stdout(&trpc(&[
+        "call",
+        "--no-reflection",
+        &addr,
+        "routeguide.RouteGuide/ListFeatures",
+        rect,
+    ]));
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("Lighthouse"));
+}

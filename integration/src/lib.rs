@@ -10,20 +10,24 @@
 //! | [`frames`] | frame and metadata builders, well-formed or not |
 //! | [`fake_server`] | [`fake_server::FakeServer`]: a scripted server socket that a real `Channel` connects to |
 //! | [`pipe`] | a client and a server connected over an in-memory pipe, for paused-time tests |
+//! | [`h2`] | a raw HTTP/2 peer (hand-built frames and HPACK literals) for gRPC tests |
 //! | [`hostile`] | a server with short timeouts and slow/large methods, and a [`hostile::Bystander`] client that must be served throughout |
 //! | [`probe`] | handler probes: started, finished, dropped |
 //! | [`messages`] | the shared test messages (both codecs) and raw request bodies |
 //! | [`proc`] | this process's memory and CPU, and the lock serialising memory measurements |
 //! | [`http`] | a minimal HTTP GET and a Prometheus sample reader |
 //! | [`pki`] | a throwaway certificate authority (also used by the TLS example) |
+//! | [`interop`] | the gRPC interop suite's test service and client cases |
 //!
 //! Waits are bounded: [`within`], [`until`], [`SOON`].
 
 pub mod client;
 pub mod fake_server;
 pub mod frames;
+pub mod h2;
 pub mod hostile;
 pub mod http;
+pub mod interop;
 pub mod messages;
 pub mod peer;
 pub mod pipe;

@@ -37,7 +37,7 @@ pub fn pipe_endpoint() -> Endpoint {
 pub fn serve_io<L>(server: Server<L>, router: Router) -> (DuplexStream, JoinHandle<()>)
 where
     L: Layer<Router> + Send + 'static,
-    L::Service: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    L::Service: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
     <L::Service as Service<Request<Body>>>::Future: Send + 'static,
 {
@@ -55,7 +55,7 @@ pub async fn serve_channel<L>(
 ) -> (Channel, JoinHandle<()>)
 where
     L: Layer<Router> + Send + 'static,
-    L::Service: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    L::Service: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
     <L::Service as Service<Request<Body>>>::Future: Send + 'static,
 {
@@ -72,7 +72,7 @@ where
 pub fn serve_peer<L>(server: Server<L>, router: Router) -> (Peer<DuplexStream>, JoinHandle<()>)
 where
     L: Layer<Router> + Send + 'static,
-    L::Service: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    L::Service: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
     <L::Service as Service<Request<Body>>>::Future: Send + 'static,
 {

@@ -1,8 +1,9 @@
 //! What the plaintext port does with bytes that are not trpc (docs/PROTOCOL.md
-//! §7): HTTP/1, HTTP/2 and TLS clients get an answer their own protocol
-//! understands, garbage gets GOAWAY(PROTOCOL_ERROR), a peer that never
-//! finishes identifying itself is cut at the handshake timeout — and a normal
-//! client is served all along.
+//! §7): HTTP/1 and HTTP/2 are served (the JSON gateway and gRPC) unless
+//! turned off, when they get an answer their own protocol understands; TLS
+//! clients on a plaintext port get an alert, garbage gets
+//! GOAWAY(PROTOCOL_ERROR), a peer that never finishes identifying itself is
+//! cut at the handshake timeout — and a normal client is served all along.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 use trpc::frame::GoawayCode;
 use trpc::stats::TransportStats;
 use trpc_integration::hostile::{
-    assert_goaway, hostile_server, start, start_default, Bystander, HANDSHAKE,
+    assert_goaway, hostile_server, start, start_default, Bystander, Hostile, HANDSHAKE,
 };
 use trpc_integration::peer::Peer;
 use trpc_integration::probe::Probe;
@@ -28,10 +29,49 @@ async fn first_bytes(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A server with gRPC and the HTTP/1 gateway turned off.
+async fn native_only(probe: Probe) -> Hostile {
+    let stats = TransportStats::new();
+    start(
+        hostile_server(&stats).grpc(false).http1(false),
+        stats,
+        probe,
+    )
+    .await
+}
+
 #[tokio::test]
-async fn http1_request_gets_400_and_close() {
+async fn http1_request_is_served_by_the_json_gateway() {
     let (probe, _events) = Probe::new();
     let h = start_default(probe).await;
+    let by = Bystander::start(h.addr).await;
+    let answer = first_bytes(
+        h.addr,
+        b"POST /echo.Echo/Say HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 18\r\nConnection: close\r\n\r\n{\"message\": \"hey\"}",
+    )
+    .await;
+    let answer = String::from_utf8(answer).expect("text answer");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"message\":\"hey\""), "{answer}");
+    let answer = first_bytes(
+        h.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let answer = String::from_utf8(answer).expect("text answer");
+    assert!(
+        answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{answer}"
+    );
+    by.finish().await;
+    h.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn http1_request_gets_400_and_close_without_the_gateway() {
+    let (probe, _events) = Probe::new();
+    let h = native_only(probe).await;
     let by = Bystander::start(h.addr).await;
     for req in [
         &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
@@ -50,9 +90,9 @@ async fn http1_request_gets_400_and_close() {
 }
 
 #[tokio::test]
-async fn http2_preface_gets_an_http2_goaway_and_close() {
+async fn http2_preface_gets_an_http2_goaway_and_close_without_grpc() {
     let (probe, _events) = Probe::new();
-    let h = start_default(probe).await;
+    let h = native_only(probe).await;
     let by = Bystander::start(h.addr).await;
     let answer = first_bytes(h.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
     // HTTP/2 frames (u24 length, type, flags, u32 stream): the server

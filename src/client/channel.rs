@@ -18,7 +18,7 @@ use super::endpoint::Endpoint;
 use crate::body::Body;
 use crate::request::{Request, Response};
 use crate::status::Status;
-use crate::util::{fmt_duration, jitter};
+use crate::util::fmt_duration;
 
 /// How often a call that was refused (never processed: GOAWAY, idle close)
 /// is transparently re-sent on another connection.
@@ -32,7 +32,15 @@ const REFUSED_RETRIES: u8 = 2;
 /// the endpoint cannot be reached (reconnects back off exponentially).
 #[derive(Clone)]
 pub struct Channel {
-    pool: Arc<Pool>,
+    transport: Transport,
+}
+
+/// What a channel speaks: the native protocol over its pool, or gRPC
+/// (`grpc://`, `http://`, `https://` endpoints, see [`crate::grpc`]).
+#[derive(Clone)]
+enum Transport {
+    Trpc(Arc<Pool>),
+    Grpc(Arc<crate::grpc::client::GrpcClient>),
 }
 
 struct Pool {
@@ -146,9 +154,7 @@ impl Pool {
             *slot = match result {
                 Ok(conn) => Slot::Ready(conn),
                 Err(error) => {
-                    let cfg = &self.endpoint.config;
-                    let exp = cfg.backoff_initial.saturating_mul(1u32 << failures.min(20));
-                    let delay = jitter(exp.min(cfg.backoff_max), 0.2);
+                    let delay = self.endpoint.config.backoff_delay(failures);
                     tracing::debug!(endpoint = self.endpoint.uri(), %error, retry_in = ?delay, "connect failed");
                     Slot::Backoff {
                         until: Instant::now() + delay,
@@ -191,6 +197,12 @@ impl Drop for Pool {
 
 impl Channel {
     pub(crate) fn new(endpoint: Endpoint) -> Channel {
+        if let super::endpoint::Wire::Grpc { tls } = endpoint.wire {
+            let client = crate::grpc::client::GrpcClient::new(endpoint, tls);
+            return Channel {
+                transport: Transport::Grpc(Arc::new(client)),
+            };
+        }
         let n = endpoint.config.pool_size.max(1);
         let slots = (0..n)
             .map(|_| Mutex::new(Slot::Empty { failures: 0 }))
@@ -206,39 +218,50 @@ impl Channel {
 
     fn with_slots(endpoint: Endpoint, slots: Box<[Mutex<Slot>]>, reconnect: bool) -> Channel {
         Channel {
-            pool: Arc::new(Pool {
+            transport: Transport::Trpc(Arc::new(Pool {
                 endpoint,
                 slots,
                 next: AtomicUsize::new(0),
                 changed: Notify::new(),
                 reconnect,
-            }),
+            })),
         }
     }
 
     /// The endpoint this channel connects to.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.pool.endpoint
+        match &self.transport {
+            Transport::Trpc(pool) => &pool.endpoint,
+            Transport::Grpc(client) => client.endpoint(),
+        }
     }
 
     /// Waits until at least one connection is established.
     pub async fn wait_connected(&self) -> Result<(), Status> {
-        self.pool.ready_conn().await.map(drop)
+        match &self.transport {
+            Transport::Trpc(pool) => pool.ready_conn().await.map(drop),
+            Transport::Grpc(client) => client.wait_connected().await,
+        }
     }
 
     /// Connections currently established and usable.
     pub fn connections(&self) -> usize {
-        self.pool
-            .slots
+        let pool = match &self.transport {
+            Transport::Trpc(pool) => pool,
+            Transport::Grpc(client) => return usize::from(client.connected()),
+        };
+        pool.slots
             .iter()
             .filter(|s| matches!(&*lock(s), Slot::Ready(c) if c.is_usable()))
             .count()
     }
 
-    /// Calls in flight over all connections.
+    /// Calls in flight over all connections (native channels; 0 for gRPC).
     pub fn in_flight(&self) -> usize {
-        self.pool
-            .slots
+        let Transport::Trpc(pool) = &self.transport else {
+            return 0;
+        };
+        pool.slots
             .iter()
             .map(|s| match &*lock(s) {
                 Slot::Ready(c) => c.in_flight(),
@@ -250,10 +273,18 @@ impl Channel {
 
 impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Channel")
-            .field("endpoint", &self.pool.endpoint.uri())
-            .field("pool_size", &self.pool.slots.len())
-            .finish()
+        match &self.transport {
+            Transport::Trpc(pool) => f
+                .debug_struct("Channel")
+                .field("endpoint", &pool.endpoint.uri())
+                .field("pool_size", &pool.slots.len())
+                .finish(),
+            Transport::Grpc(client) => f
+                .debug_struct("Channel")
+                .field("endpoint", &client.endpoint().uri())
+                .field("protocol", &"grpc")
+                .finish(),
+        }
     }
 }
 
@@ -267,7 +298,12 @@ impl Service<Request<Body>> for Channel {
     }
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
-        ResponseFuture::start(&self.pool, req)
+        match &self.transport {
+            Transport::Trpc(pool) => ResponseFuture::start(pool, req),
+            Transport::Grpc(client) => ResponseFuture {
+                state: State::Slow(crate::grpc::client::start(client, req)),
+            },
+        }
     }
 }
 

@@ -134,6 +134,7 @@ where
         idle_since: None,
         idle_exit: false,
         batch: 0,
+        closing: false,
     };
     let driver = Driver::new(
         io,

@@ -56,6 +56,16 @@ impl Default for ClientConfig {
 }
 
 impl ClientConfig {
+    /// How long to wait before the next connection attempt after `failures`
+    /// failed ones: exponential from `backoff_initial`, capped at
+    /// `backoff_max`, ±20% jitter.
+    pub(crate) fn backoff_delay(&self, failures: u32) -> Duration {
+        let exp = self
+            .backoff_initial
+            .saturating_mul(1u32 << failures.min(20));
+        crate::util::jitter(exp.min(self.backoff_max), 0.2)
+    }
+
     pub(crate) fn settings(&self) -> Settings {
         Settings {
             max_message_size: Some(self.max_message.min(u32::MAX as usize) as u32),
@@ -69,8 +79,12 @@ impl ClientConfig {
 
 /// The address of a trpc server plus the settings of connections to it.
 ///
-/// Addresses are `tcp://host:port` or plain `host:port`; host names are
-/// resolved at every (re)connect.
+/// Addresses are `tcp://host:port` or plain `host:port` for the native trpc
+/// protocol, and `grpc://host:port`, `http://host:port` (gRPC over cleartext
+/// HTTP/2) or `https://host:port` (gRPC over TLS with ALPN `h2`, see
+/// [`Endpoint::tls_config`]) for any gRPC server (docs/GRPC.md); host names
+/// are resolved at every (re)connect. Every kind yields the same
+/// [`Channel`].
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), trpc::Status> {
@@ -88,21 +102,34 @@ pub struct Endpoint {
     uri: Arc<str>,
     host: Arc<str>,
     port: u16,
+    pub(crate) wire: Wire,
     pub(crate) config: ClientConfig,
 }
 
+/// The protocol an endpoint speaks, from its scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// The native trpc protocol (`tcp://`, `trpc://`, no scheme).
+    Trpc,
+    /// gRPC over HTTP/2 (`grpc://`, `http://`, `https://`).
+    Grpc { tls: bool },
+}
+
 impl Endpoint {
-    /// Parses `tcp://host:port` or `host:port`.
+    /// Parses `tcp://host:port`, `host:port`, `grpc://host:port`,
+    /// `http://host:port` or `https://host:port`.
     pub fn new(uri: impl AsRef<str>) -> Result<Endpoint, Status> {
         let uri = uri.as_ref().trim();
-        let rest = match uri.split_once("://") {
-            Some(("tcp" | "trpc", rest)) => rest,
+        let (wire, rest) = match uri.split_once("://") {
+            Some(("tcp" | "trpc", rest)) => (Wire::Trpc, rest),
+            Some(("grpc" | "http", rest)) => (Wire::Grpc { tls: false }, rest),
+            Some(("https", rest)) => (Wire::Grpc { tls: true }, rest),
             Some((scheme, _)) => {
                 return Err(Status::invalid_argument(format!(
-                    "unsupported scheme {scheme:?} in {uri:?} (use tcp://host:port)"
+                    "unsupported scheme {scheme:?} in {uri:?} (use tcp://, grpc://, http:// or https://)"
                 )))
             }
-            None => uri,
+            None => (Wire::Trpc, uri),
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest
@@ -115,10 +142,14 @@ impl Endpoint {
         if host.is_empty() {
             return Err(Status::invalid_argument(format!("{uri:?} has no host")));
         }
+        if wire != Wire::Trpc {
+            crate::grpc::client::authority(host, port)?;
+        }
         Ok(Endpoint {
             uri: Arc::from(uri),
             host: Arc::from(host),
             port,
+            wire,
             config: ClientConfig::default(),
         })
     }
@@ -137,6 +168,14 @@ impl Endpoint {
     /// The address as given.
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     /// Time allowed to establish a connection, including the protocol handshake
@@ -233,7 +272,10 @@ impl Endpoint {
         mut self,
         tls: crate::tls::ClientTlsConfig,
     ) -> Result<Self, crate::tls::TlsError> {
-        self.config.tls = Some(tls.connector()?);
+        self.config.tls = Some(match self.wire {
+            Wire::Trpc => tls.connector()?,
+            Wire::Grpc { .. } => tls.connector_with_alpn(crate::tls::ALPN_H2)?,
+        });
         Ok(self)
     }
 
@@ -341,7 +383,21 @@ mod tests {
         assert_eq!((&*e.host, e.port), ("localhost", 1));
         let e = Endpoint::new("tcp://[::1]:9").unwrap();
         assert_eq!((&*e.host, e.port), ("::1", 9));
-        assert!(Endpoint::new("http://x:1").is_err());
+        assert!(Endpoint::new("ftp://x:1").is_err());
+        assert_eq!(Endpoint::new("tcp://x:1").unwrap().wire, Wire::Trpc);
+        assert_eq!(
+            Endpoint::new("grpc://x:1").unwrap().wire,
+            Wire::Grpc { tls: false }
+        );
+        assert_eq!(
+            Endpoint::new("http://x:1/").unwrap().wire,
+            Wire::Grpc { tls: false }
+        );
+        let e = Endpoint::new("https://[::1]:443").unwrap();
+        assert_eq!(
+            (e.wire, &*e.host, e.port),
+            (Wire::Grpc { tls: true }, "::1", 443)
+        );
         assert!(Endpoint::new("x").is_err());
         assert!(Endpoint::new("x:99999").is_err());
         assert!(Endpoint::new(":80").is_err());

@@ -4,7 +4,7 @@
 mod channel;
 mod connect;
 mod connection;
-mod endpoint;
+pub(crate) mod endpoint;
 mod role;
 mod typed;
 

@@ -31,6 +31,8 @@ pub(crate) struct ClientRole {
     pub(crate) idle_exit: bool,
     /// Callers woken by the frames just read.
     pub(crate) batch: usize,
+    /// On the way out (draining, released or idle), as of the last turn.
+    pub(crate) closing: bool,
 }
 
 impl ClientRole {
@@ -352,6 +354,7 @@ impl Role for ClientRole {
 
     fn exit(&mut self, st: &State<ClientStream>, output_idle: bool) -> Option<Exit> {
         let c = &st.conn;
+        self.closing = c.draining || c.released || self.idle_exit;
         if c.closed_by_client {
             return Some(Exit::Graceful("closed by the client"));
         }
@@ -380,8 +383,7 @@ impl Role for ClientRole {
     }
 
     fn closing(&self) -> bool {
-        let st = self.shared.lock();
-        st.conn.draining || st.conn.released || self.idle_exit
+        self.closing
     }
 
     fn next_timer(&self, _st: &State<ClientStream>) -> Option<Instant> {

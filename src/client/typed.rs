@@ -6,6 +6,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::body::{Body, Payload};
+use crate::client::Trailers;
 use crate::codec::{set_codec_name, Codec, Json};
 use crate::request::{Method, Request, RequestParts, Response};
 use crate::status::{BoxError, Code, Status};
@@ -99,8 +100,8 @@ impl<S, C> Client<S, C> {
         S::Error: Into<BoxError>,
     {
         let resp = self.send_one(method.into(), request).await?;
-        let (metadata, extensions, body) = resp.into_parts();
-        let payload = body.into_single().await?;
+        let (metadata, mut extensions, body) = resp.into_parts();
+        let payload = single(body, &mut extensions).await?;
         let message = decode_response(&self.codec, payload)?;
         Ok(Response::from_parts(metadata, extensions, message))
     }
@@ -138,8 +139,8 @@ impl<S, C> Client<S, C> {
         Req: 'static,
     {
         let resp = self.send_stream(method.into(), request).await?;
-        let (metadata, extensions, body) = resp.into_parts();
-        let payload = body.into_single().await?;
+        let (metadata, mut extensions, body) = resp.into_parts();
+        let payload = single(body, &mut extensions).await?;
         let message = decode_response(&self.codec, payload)?;
         Ok(Response::from_parts(metadata, extensions, message))
     }
@@ -237,6 +238,36 @@ impl<S, C> Client<S, C> {
         let codec = self.codec.clone();
         resp.map(move |body| Streaming::new(body, move |p| decode_response(&codec, p)))
     }
+}
+
+/// The one message of a unary-shaped reply. A reply that arrived as a
+/// stream (a gRPC reply whose trailers came after its message) ends with its
+/// trailers: they go into `extensions` as [`Trailers`], as for a native reply.
+async fn single(body: Body, extensions: &mut http::Extensions) -> Result<Payload, Status> {
+    use futures_util::StreamExt;
+    if !body.is_stream() {
+        return body.into_single().await;
+    }
+    let mut body = body;
+    let first = match body.next().await {
+        Some(Ok(p)) => p,
+        Some(Err(e)) if e.code() != Code::Ok => return Err(e),
+        _ => return Err(Status::invalid_argument("expected one message, got none")),
+    };
+    match body.next().await {
+        None => {}
+        Some(Err(e)) if e.code() == Code::Ok && !e.metadata().is_empty() => {
+            extensions.insert(Trailers(e.metadata().clone()));
+        }
+        Some(Err(e)) if e.code() == Code::Ok => {}
+        Some(Err(e)) => return Err(e),
+        Some(Ok(_)) => {
+            return Err(Status::invalid_argument(
+                "expected one message, got more than one",
+            ))
+        }
+    }
+    Ok(first)
 }
 
 /// Decodes a response payload; a bad payload from the server is `Internal`.

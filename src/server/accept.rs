@@ -1,6 +1,8 @@
 //! Accepting connections: binding the listener, refusing connections over
 //! the limit, and telling protocols apart by their first bytes before a
-//! connection is handed to the engine that speaks its protocol.
+//! connection is handed to the engine that speaks its protocol: the trpc
+//! magic to the native engine, the HTTP/2 preface to the gRPC server, an
+//! HTTP/1 request line to the HTTP/JSON gateway (docs/PROTOCOL.md §7).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,7 +164,7 @@ pub(crate) async fn serve_connection<IO, S>(
     conn_extensions: Option<http::Extensions>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
@@ -195,6 +197,21 @@ pub(crate) async fn serve_connection<IO, S>(
             return;
         }
     };
+    match detected {
+        Detected::Http2 if cfg.grpc => {
+            let io = crate::grpc::server::Rewind::new(rbuf.freeze(), io);
+            crate::grpc::server::serve_h2(io, peer, svc, cfg, shutdown, force, conn_extensions)
+                .await;
+            return;
+        }
+        Detected::Http1 if cfg.http1 => {
+            let io = crate::grpc::server::Rewind::new(rbuf.freeze(), io);
+            crate::grpc::server::serve_h1(io, peer, svc, cfg, shutdown, force, conn_extensions)
+                .await;
+            return;
+        }
+        _ => {}
+    }
     if detected == Detected::Trpc {
         conn::serve_trpc(
             io,
@@ -214,7 +231,7 @@ pub(crate) async fn serve_connection<IO, S>(
     // sensible, then close.
     let answer: &[u8] = match detected {
         Detected::Http1 => {
-            tracing::warn!(%peer, "HTTP/1 request on the trpc port; answering 400");
+            tracing::warn!(%peer, "HTTP/1 request on a port without the HTTP gateway; answering 400");
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\
               content-length: 46\r\n\r\nthis port speaks the trpc protocol, not HTTP\r\n"
         }

@@ -54,6 +54,11 @@ pub(crate) struct ServerRole<S: Service<Request<Body>>> {
     backed_up: bool,
     /// Replies taken from the calls' tasks, being written.
     replies: Vec<(u32, Reply)>,
+    /// A call was spawned this turn.
+    spawned: bool,
+    /// The runtime has more than one worker (yielding can hand the
+    /// connection to another one).
+    multi_worker: bool,
     /// Calls started this turn, whose handle is stored in one locked pass.
     started: Vec<(u32, CallRef)>,
     /// Inline mode's executor (`None`: every call is a task).
@@ -115,6 +120,9 @@ where
             queue: VecDeque::new(),
             backed_up: false,
             replies: Vec::new(),
+            spawned: false,
+            multi_worker: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.metrics().num_workers() > 1),
             started: Vec::new(),
             local: cfg.inline_handlers.then(LocalCalls::new),
             drop_local: Vec::new(),
@@ -250,7 +258,10 @@ where
                     Some(idx) => CallRef::Local(idx),
                     None => continue, // finished at once
                 },
-                None => CallRef::Task(tokio::spawn(task).abort_handle()),
+                None => {
+                    self.spawned = true;
+                    CallRef::Task(tokio::spawn(task).abort_handle())
+                }
             };
             self.started.push((id, call));
         }
@@ -629,6 +640,8 @@ where
         self.drop_requests.clear();
         if !self.queue.is_empty() && self.dispatch(cx) {
             progress = true;
+        }
+        if std::mem::take(&mut self.spawned) && self.multi_worker {
             // Go to the back of the run queue once: the runtime then wakes
             // an idle worker, which takes this connection (or the new calls)
             // while this one runs a call that may burn CPU for long; the

@@ -79,6 +79,10 @@ pub(crate) struct ServerConfig {
     pub(crate) max_connection_age: Option<Duration>,
     pub(crate) max_connection_age_grace: Duration,
     pub(crate) stats: Option<Arc<crate::stats::TransportStats>>,
+    /// Serve HTTP/2 (gRPC and the JSON gateway) on the port.
+    pub(crate) grpc: bool,
+    /// Serve HTTP/1 (the JSON gateway) on the port.
+    pub(crate) http1: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ServerTls>,
 }
@@ -108,6 +112,8 @@ impl Default for ServerConfig {
             max_connection_age: None,
             max_connection_age_grace: Duration::from_secs(30),
             stats: None,
+            grpc: true,
+            http1: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -282,6 +288,24 @@ impl<L> Server<L> {
         self
     }
 
+    /// Serves gRPC on the port too (default on): connections that open with
+    /// the HTTP/2 preface (or negotiate ALPN `h2` under TLS) are served by
+    /// hyper's HTTP/2 server with the same layers and router (docs/GRPC.md),
+    /// and answer the HTTP/JSON gateway form too. Off: such connections get
+    /// an HTTP/2 GOAWAY. Native connections cost the same either way.
+    pub fn grpc(mut self, on: bool) -> Self {
+        self.config.grpc = on;
+        self
+    }
+
+    /// Serves the HTTP/JSON gateway over HTTP/1 on the port too (default
+    /// on): `POST /package.Service/Method` with a JSON body (docs/AXUM.md).
+    /// Off: HTTP/1 requests get `400 Bad Request`.
+    pub fn http1(mut self, on: bool) -> Self {
+        self.config.http1 = on;
+        self
+    }
+
     /// Runs handlers inside their connection's task instead of a task each
     /// (default off).
     ///
@@ -345,7 +369,7 @@ impl<L> Server<L> {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         L: Layer<S>,
-        L::Service: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+        L::Service: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
         <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
         <L::Service as Service<Request<Body>>>::Future: Send + 'static,
     {
@@ -475,7 +499,9 @@ impl<L> Server<L> {
 }
 
 /// Serves one TLS connection: handshake (bounded by the handshake timeout),
-/// then the trpc connection with the peer's TLS details in every request.
+/// then the protocol negotiated by ALPN (`h2`: gRPC, `http/1.1`: the JSON
+/// gateway, else detection as on a plaintext port) with the peer's TLS
+/// details in every request.
 #[cfg(feature = "tls")]
 async fn serve_tls<S>(
     acceptor: crate::tls::ServerTls,
@@ -486,7 +512,7 @@ async fn serve_tls<S>(
     shutdown: CancellationToken,
     force: CancellationToken,
 ) where
-    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
@@ -497,9 +523,20 @@ async fn serve_tls<S>(
     .await;
     match accepted {
         Ok(Some((io, info))) => {
+            let alpn = info.alpn().map(<[u8]>::to_vec);
             let mut ext = http::Extensions::new();
             ext.insert(info);
-            accept::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext)).await;
+            match alpn.as_deref() {
+                Some(crate::tls::ALPN_H2) if cfg.grpc => {
+                    crate::grpc::server::serve_h2(io, peer, svc, cfg, shutdown, force, Some(ext))
+                        .await
+                }
+                Some(crate::tls::ALPN_HTTP1) if cfg.http1 => {
+                    crate::grpc::server::serve_h1(io, peer, svc, cfg, shutdown, force, Some(ext))
+                        .await
+                }
+                _ => accept::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext)).await,
+            }
         }
         Ok(None) => {}
         Err(_) => tracing::warn!(%peer, "TLS handshake timeout"),

@@ -11,6 +11,7 @@ pub(crate) mod raw;
 pub(crate) mod tarpc;
 pub(crate) mod tonic;
 pub(crate) mod trpc;
+pub(crate) mod trpc_grpc;
 pub(crate) mod trpc_std;
 
 /// Largest message any system accepts (the 16 MiB round trip plus envelope).
@@ -41,6 +42,8 @@ pub(crate) enum System {
     TrpcTraceFmt,
     /// trpc with the auth layer only.
     TrpcAuth,
+    /// trpc over gRPC (HTTP/2): trpc's gRPC client, the bare trpc server.
+    TrpcGrpc,
 }
 
 impl System {
@@ -49,6 +52,7 @@ impl System {
         System::Raw,
         System::Trpc,
         System::TrpcStd,
+        System::TrpcGrpc,
         System::Tonic,
         System::Tarpc,
     ];
@@ -78,6 +82,7 @@ impl System {
             System::TrpcTrace => "trpc-trace",
             System::TrpcTraceFmt => "trpc-trace-fmt",
             System::TrpcAuth => "trpc-auth",
+            System::TrpcGrpc => "trpc-grpc",
         }
     }
 
@@ -95,6 +100,7 @@ impl System {
             System::TrpcTrace => "trpc + trace",
             System::TrpcTraceFmt => "trpc + trace, log lines formatted",
             System::TrpcAuth => "trpc + auth",
+            System::TrpcGrpc => "trpc (gRPC)",
         }
     }
 
@@ -123,7 +129,7 @@ pub(crate) async fn serve(system: System, listener: TcpListener) -> Result<(), S
             raw::serve(listener).await;
             Ok(())
         }
-        System::Trpc => trpc::serve(listener, false)
+        System::Trpc | System::TrpcGrpc => trpc::serve(listener, false)
             .await
             .map_err(|e| e.to_string()),
         System::TrpcInline => trpc::serve(listener, true)
@@ -160,6 +166,8 @@ pub(crate) enum Client {
     TrpcTrace(trpc_std::TraceClient),
     /// trpc + auth.
     TrpcAuth(trpc_std::AuthClient),
+    /// trpc over gRPC.
+    TrpcGrpc(trpc_grpc::Client),
     /// tonic.
     Tonic(tonic::Client),
     /// tarpc.
@@ -176,6 +184,7 @@ impl fmt::Debug for Client {
             Client::TrpcMetrics(_) => "Client::TrpcMetrics",
             Client::TrpcTrace(_) => "Client::TrpcTrace",
             Client::TrpcAuth(_) => "Client::TrpcAuth",
+            Client::TrpcGrpc(_) => "Client::TrpcGrpc",
             Client::Tonic(_) => "Client::Tonic",
             Client::Tarpc(_) => "Client::Tarpc",
         })
@@ -203,6 +212,11 @@ impl Client {
                 Client::TrpcTrace(trpc_std::trace(addr).await?)
             }
             System::TrpcAuth => Client::TrpcAuth(trpc_std::auth(addr).await?),
+            System::TrpcGrpc => Client::TrpcGrpc(
+                trpc_grpc::connect(addr)
+                    .await
+                    .map_err(|e| format!("trpc-grpc: connect to {addr}: {e}"))?,
+            ),
             System::Tonic => Client::Tonic(tonic::connect(addr).await?),
             System::Tarpc => Client::Tarpc(tarpc::connect(addr).await?),
         })
@@ -218,6 +232,7 @@ impl Client {
             Client::TrpcMetrics(c) => trpc::call(c, payload).await,
             Client::TrpcTrace(c) => trpc::call(c, payload).await,
             Client::TrpcAuth(c) => trpc::call(c, payload).await,
+            Client::TrpcGrpc(c) => trpc::call(c, payload).await,
             Client::Tonic(c) => tonic::call(c, payload).await,
             Client::Tarpc(c) => tarpc::call(c, payload).await,
         }
@@ -235,6 +250,7 @@ impl Client {
             Client::TrpcMetrics(c) => trpc::download_call(c, total, chunk).await,
             Client::TrpcTrace(c) => trpc::download_call(c, total, chunk).await,
             Client::TrpcAuth(c) => trpc::download_call(c, total, chunk).await,
+            Client::TrpcGrpc(c) => trpc::download_call(c, total, chunk).await,
             Client::Tarpc(_) => Err("tarpc has no streaming calls".into()),
         }
     }
