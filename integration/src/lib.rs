@@ -17,6 +17,7 @@
 //! | [`proc`] | this process's memory and CPU, and the lock serialising memory measurements |
 //! | [`http`] | a minimal HTTP GET and a Prometheus sample reader |
 //! | [`pki`] | a throwaway certificate authority (also used by the TLS example) |
+//! | [`python`] | the Python interop peers: their directory, the grpcio venv, running a script |
 //! | [`interop`] | the gRPC interop suite's test service and client cases |
 //!
 //! Waits are bounded: [`within`], [`until`], [`SOON`].
@@ -34,6 +35,7 @@ pub mod pipe;
 pub mod pki;
 pub mod probe;
 pub mod proc;
+pub mod python;
 pub mod server;
 mod wait;
 
