@@ -65,7 +65,7 @@ bench: deps
 ## FUZZ_SECONDS (default 60), starting from fuzz/corpus and the checked-in seeds.
 ## Installs cargo-fuzz when missing. Crashes land in fuzz/artifacts/<target>/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= frame_decoder frame_roundtrip server_connection
+FUZZ_TARGETS ?= frame_decoder frame_roundtrip server_connection client_connection
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

@@ -13,14 +13,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::{stream, StreamExt};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trpc::frame::Settings;
+use tokio::io::AsyncWriteExt;
 use trpc::server::{bidi_streaming, client_streaming, server_streaming, unary, Router, Server};
 use trpc::{Request, Response, Status, Streaming};
+
+#[path = "support/pipe_input.rs"]
+mod pipe_input;
+use pipe_input::{drain, piece, PipeInput};
 
 fn router() -> Router {
     Router::new()
@@ -86,31 +88,19 @@ fn server() -> Server {
 }
 
 async fn run(data: &[u8]) {
-    let flags = data[0];
-    let mut seed = u64::from_le_bytes(data[1..9].try_into().unwrap()) | 1;
-    let mut wire = Vec::new();
-    if flags & 1 != 0 {
-        let mut b = BytesMut::new();
-        Settings::default().encode(&mut b);
-        wire.extend_from_slice(&b);
-    }
-    wire.extend_from_slice(&data[9..]);
-    let close_after = flags & 2 != 0;
+    let mut input = PipeInput::parse(data);
+    let close_after = input.close_after();
 
     let (client, server_io) = tokio::io::duplex(16 * 1024);
     let peer: SocketAddr = ([127, 0, 0, 1], 9).into();
     let served = tokio::spawn(server().serve_connection(server_io, peer, router()));
-    let (mut rd, mut wr) = tokio::io::split(client);
-    let reader = tokio::spawn(async move {
-        let mut sink = vec![0u8; 16 * 1024];
-        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
-    });
+    let (rd, mut wr) = tokio::io::split(client);
+    let reader = drain(rd);
+    let wire = std::mem::take(&mut input.wire);
     let mut rest = &wire[..];
     while !rest.is_empty() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let n = (1 + (seed % 512) as usize).min(rest.len());
+        let seed = input.next_seed();
+        let n = piece(seed, rest.len());
         if wr.write_all(&rest[..n]).await.is_err() {
             break; // the server closed
         }

@@ -3,8 +3,6 @@
 //! active health checks, degrading when everything is unhealthy, server load
 //! reports, consistent hashing and DNS discovery.
 
-mod cluster_support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,7 +17,7 @@ use trpc_layers::balance::{BalanceLayer, HealthCheck, OutlierDetection};
 use trpc_layers::discovery::{Discovery, Instance};
 use trpc_layers::load_report::{LoadReportLayer, LoadReporter};
 
-use cluster_support::{
+use trpc_integration::cluster::{
     assert_no_failures, in_process, say, spread, tally, wait_endpoints, Load, SOON,
 };
 

@@ -1,32 +1,21 @@
 //! Cancellation: a caller that gives up, a channel that goes away, or a client
 //! process that dies mid-call makes the server drop the handler.
 
-mod common;
-
 use std::time::Duration;
 
-use trpc::server::{unary, Router};
-use trpc::{Client, Request, Response, Status};
+use trpc::server::Router;
+use trpc::Client;
 
-use common::{
-    connect, endpoint, serve, unary_request, within, EchoMsg, Event, Probe, RawClient, SOON,
-};
+use trpc_integration::client::{connect, endpoint};
+use trpc_integration::frames::unary_request;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::peer::Peer;
+use trpc_integration::probe::{sleep_router, Event, Probe};
+use trpc_integration::server::serve;
+use trpc_integration::{within, SOON};
 
 fn router(probe: Probe) -> Router {
-    Router::new()
-        .route(
-            "slow.Slow/Sleep",
-            unary(move |_req: Request<EchoMsg>| {
-                let probe = probe.clone();
-                async move {
-                    let guard = probe.enter();
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    guard.finish();
-                    Ok::<_, Status>(Response::new(EchoMsg::new("slept")))
-                }
-            }),
-        )
-        .merge(common::echo_router())
+    sleep_router(probe).merge(trpc_integration::server::echo_router())
 }
 
 #[tokio::test]
@@ -104,8 +93,8 @@ async fn client_connection_closing_mid_call_cancels_the_server_handler() {
     // A client process that dies: its socket closes, no CANCEL is ever sent.
     let (probe, mut events) = Probe::new();
     let server = serve(router(probe)).await;
-    let mut raw = RawClient::connect(server.addr).await;
-    raw.handshake().await;
+    let mut raw = Peer::connect(server.addr).await;
+    raw.exchange_settings().await;
     let body = serde_json::to_vec(&EchoMsg::new("x")).expect("json");
     raw.send(&unary_request(1, "slow.Slow/Sleep", &[], body))
         .await;

@@ -1,7 +1,5 @@
 //! Multiplexing: many concurrent calls on one connection.
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,7 +9,10 @@ use tokio::sync::Barrier;
 use trpc::server::{unary, Router};
 use trpc::{Client, Request, Response, Status};
 
-use common::{endpoint, serve, within, EchoMsg, SOON};
+use trpc_integration::client::endpoint;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve;
+use trpc_integration::{within, SOON};
 
 const CALLS: usize = 1000;
 

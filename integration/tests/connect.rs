@@ -1,15 +1,15 @@
 //! Connection establishment: the connect timeout covers the protocol handshake,
 //! and non-trpc peers are reported clearly.
 
-mod common;
-
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use trpc::Code;
 
-use common::{endpoint, listener, within, SOON};
+use trpc_integration::client::endpoint;
+use trpc_integration::server::listener;
+use trpc_integration::{within, SOON};
 
 #[tokio::test]
 async fn connect_timeout_fires_against_a_listener_that_never_accepts() {

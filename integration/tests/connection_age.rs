@@ -3,15 +3,13 @@
 //! (`Server::max_connection_age`: GOAWAY, then drain): without it a client
 //! stays on the replica its first connection landed on.
 
-mod cluster_support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use trpc::server::Server;
 
-use cluster_support::{assert_no_failures, tally, Load};
+use trpc_integration::cluster::{assert_no_failures, tally, Load};
 
 /// An L4 balancer on one address: each new TCP connection is piped to the
 /// next backend in turn.

@@ -3,8 +3,6 @@
 //! clients reconnect without a failed call; inline mode (handlers polled in
 //! the connection's task) serves every call shape.
 
-mod common;
-
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
@@ -13,7 +11,10 @@ use trpc::server::{bidi_streaming, server_streaming, unary, Router, Server};
 use trpc::stats::TransportStats;
 use trpc::{Client, Code, Request, Response, Status, Streaming};
 
-use common::{connect, serve, serve_with, within, EchoMsg, SOON};
+use trpc_integration::client::connect;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::{serve, serve_with};
+use trpc_integration::{within, SOON};
 
 /// `s.S/Count`: `n` messages, each after a tick; `s.S/Echo`; `s.S/Upper`
 /// (bidi); `s.S/Sleep` (never answers).

@@ -2,15 +2,17 @@
 //! dropped, and the handler sees the earlier of the caller's and the server's
 //! deadlines.
 
-mod common;
-
 use std::time::Duration;
 
 use tokio::time::Instant;
 use trpc::server::{unary, Router, Server};
 use trpc::{Client, Code, Request, Response, Status};
 
-use common::{connect, serve, serve_with, within, Ask, EchoMsg, Event, Probe, SOON};
+use trpc_integration::client::connect;
+use trpc_integration::messages::{Ask, EchoMsg};
+use trpc_integration::probe::{Event, Probe};
+use trpc_integration::server::{serve, serve_with};
+use trpc_integration::{within, SOON};
 
 /// How long a "slow" handler would take if nobody cancelled it.
 const SLOW: Duration = Duration::from_secs(30);
@@ -25,9 +27,7 @@ fn router(probe: Probe) -> Router {
             unary(move |_req: Request<Ask>| {
                 let probe = probe.clone();
                 async move {
-                    let guard = probe.enter();
-                    tokio::time::sleep(SLOW).await;
-                    guard.finish();
+                    probe.sleep(SLOW).await;
                     Ok::<_, Status>(Response::new(EchoMsg::new("slept")))
                 }
             }),
@@ -200,7 +200,7 @@ async fn endpoint_default_timeout_applies_to_calls_without_a_deadline() {
     let channel = within(
         SOON,
         "connect",
-        common::endpoint(server.addr)
+        trpc_integration::client::endpoint(server.addr)
             .timeout(Duration::from_millis(200))
             .connect(),
     )

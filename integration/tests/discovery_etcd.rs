@@ -3,8 +3,6 @@
 //! replica, deregistration before draining, and changes reaching the
 //! balancer quickly.
 
-mod cluster_support;
-
 use std::time::Duration;
 
 use etcd_client::GetOptions;
@@ -16,7 +14,7 @@ use trpc_layers::balance::BalanceLayer;
 use trpc_layers::discovery::etcd::Etcd;
 use trpc_layers::discovery::{Discovery, Instance};
 
-use cluster_support::{say, wait_endpoints, SOON};
+use trpc_integration::cluster::{say, wait_endpoints, SOON};
 
 const REPLICA: &str = env!("CARGO_BIN_EXE_trpc-replica");
 

@@ -1,13 +1,14 @@
 //! Errors end to end: unknown methods, handler statuses, and handler panics
 //! that leave the server and the connection serving.
 
-mod common;
-
 use bytes::Bytes;
 use trpc::server::{unary, Router};
 use trpc::{Client, Code, Request, Response, Status};
 
-use common::{connect, serve, within, EchoMsg, SOON};
+use trpc_integration::client::connect;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve;
+use trpc_integration::{within, SOON};
 
 fn router() -> Router {
     Router::new()

@@ -2,8 +2,6 @@
 //! (`trpc-replica`: real SIGKILL and SIGTERM), real sockets and a real etcd:
 //! zero calls fail in each.
 
-mod cluster_support;
-
 use std::time::Duration;
 
 use tower::ServiceBuilder;
@@ -13,7 +11,7 @@ use trpc_layers::balance::BalanceLayer;
 use trpc_layers::discovery::etcd::Etcd;
 use trpc_layers::RetryLayer;
 
-use cluster_support::{assert_no_failures, tally, wait_endpoints, Load, SOON};
+use trpc_integration::cluster::{assert_no_failures, tally, wait_endpoints, Load, SOON};
 
 const REPLICA: &str = env!("CARGO_BIN_EXE_trpc-replica");
 

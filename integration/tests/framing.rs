@@ -2,13 +2,12 @@
 //! write are all decoded and answered, and the example of docs/PROTOCOL.md §9 is
 //! byte for byte what the server accepts and answers.
 
-mod common;
-
 use bytes::BytesMut;
-use common::{
-    client_settings, echo_router, hex, serve, unary_request, EchoMsg, RawClient, RawResponse,
-};
 use trpc::frame::Flags;
+use trpc_integration::frames::{client_settings, hex, unary_request};
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::peer::{Peer, RawResponse};
+use trpc_integration::server::{echo_router, serve};
 
 const CALLS: u32 = 8;
 
@@ -44,7 +43,7 @@ fn check_answers(responses: &[RawResponse]) {
 #[tokio::test]
 async fn frames_written_one_byte_at_a_time_are_all_answered() {
     let server = serve(echo_router()).await;
-    let mut raw = RawClient::connect(server.addr).await;
+    let mut raw = Peer::connect(server.addr).await;
     raw.send_byte_by_byte(&calls_bytes()).await;
     let settings = raw.read_settings().await;
     assert_eq!(settings.max_message_size, Some(4 << 20));
@@ -56,7 +55,7 @@ async fn frames_written_one_byte_at_a_time_are_all_answered() {
 #[tokio::test]
 async fn frames_coalesced_into_one_write_are_all_answered() {
     let server = serve(echo_router()).await;
-    let mut raw = RawClient::connect(server.addr).await;
+    let mut raw = Peer::connect(server.addr).await;
     raw.send(&calls_bytes()).await;
     raw.read_settings().await;
     let responses = raw.responses(CALLS as usize).await;
@@ -69,7 +68,7 @@ async fn frames_coalesced_with_a_split_across_writes_are_all_answered() {
     // Two writes that cut a frame header in the middle: the tail of one frame
     // and the head of the next arrive together.
     let server = serve(echo_router()).await;
-    let mut raw = RawClient::connect(server.addr).await;
+    let mut raw = Peer::connect(server.addr).await;
     let wire = calls_bytes();
     let cut = client_settings().len() + 7;
     raw.send(&wire[..cut]).await;
@@ -121,7 +120,7 @@ fn doc_example_answer() -> Vec<u8> {
     b
 }
 
-async fn check_doc_exchange(raw: &mut RawClient) {
+async fn check_doc_exchange(raw: &mut Peer) {
     let settings = raw.next_frame_bytes().await;
     let answer = raw.next_frame_bytes().await;
     assert_eq!(
@@ -145,12 +144,12 @@ async fn protocol_doc_example_bytes_are_exactly_what_the_server_answers() {
     assert_eq!(doc_example_answer().len(), 16 + 10 + 16);
 
     let server = serve(echo_router()).await;
-    let mut raw = RawClient::connect(server.addr).await;
+    let mut raw = Peer::connect(server.addr).await;
     raw.send(&request).await;
     check_doc_exchange(&mut raw).await;
 
     // Sent one byte at a time: the same exchange on a new connection.
-    let mut raw = RawClient::connect(server.addr).await;
+    let mut raw = Peer::connect(server.addr).await;
     raw.send_byte_by_byte(&request).await;
     check_doc_exchange(&mut raw).await;
     server.shutdown().await;

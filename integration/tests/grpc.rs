@@ -4,8 +4,6 @@
 //! `grpc-timeout`, cancellation, size limits, unknown methods, panics, the
 //! protocol seen by handlers, and layers applied unchanged.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +11,15 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tower::ServiceExt;
 
-use common::{serve, serve_with, within, EchoMsg, Event, Probe, SOON};
 use trpc::codec::{Json, Proto};
 use trpc::server::{bidi_streaming, client_streaming, server_streaming, unary, Router, Server};
 use trpc::{
     Body, Channel, Client, Code, Endpoint, Payload, Protocol, Request, Response, Status, Streaming,
 };
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::probe::{Event, Probe};
+use trpc_integration::server::{serve, serve_with};
+use trpc_integration::{within, SOON};
 
 async fn say(req: Request<EchoMsg>) -> Result<Response<EchoMsg>, Status> {
     let proto = req.protocol();
@@ -137,7 +138,7 @@ async fn unary_calls_carry_metadata_both_ways_and_see_the_grpc_protocol() {
         );
     }
     // The native protocol on the same port, at the same time.
-    let native = common::connect(server.addr).await;
+    let native = trpc_integration::client::connect(server.addr).await;
     let reply: EchoMsg = Client::with_codec(native, Proto)
         .unary_message("test.Echo/Say", EchoMsg::new("hi"))
         .await

@@ -3,8 +3,6 @@
 //! KV Put and Range with prost messages written from etcd's documented
 //! field numbers, an etcd error status, and a deadline.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -13,9 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::process::{Child, Command};
 
-use common::within;
 use trpc::codec::Proto;
 use trpc::{Channel, Client, Code, Endpoint, Request};
+use trpc_integration::within;
 
 /// `etcdserverpb.ResponseHeader`.
 #[derive(Clone, PartialEq, prost::Message)]

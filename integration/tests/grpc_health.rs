@@ -6,16 +6,13 @@
 //! by their documented field numbers); the core health service plugs in the
 //! same way.
 
-mod common;
-
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{serve, within};
 use trpc::codec::Proto;
 use trpc::server::{server_streaming, unary, Router};
 use trpc::{Request, Response, Status};
+use trpc_integration::python::{run_script, venv_python};
+use trpc_integration::server::serve;
 
 /// `grpc.health.v1.HealthCheckRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -70,48 +67,23 @@ fn router() -> Router {
 
 #[tokio::test]
 async fn a_stock_grpc_health_client_checks_and_watches_a_trpc_server() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop");
-    let py = within(
-        Duration::from_secs(600),
-        "making the interop venv",
-        tokio::process::Command::new("bash")
-            .arg(dir.join("venv.sh"))
-            .output(),
-    )
-    .await
-    .expect("venv.sh runs");
-    assert!(py.status.success(), "venv.sh failed");
-    let py = String::from_utf8_lossy(&py.stdout).trim().to_string();
+    let py = venv_python().await;
     let server = serve(router()).await;
-    let child = tokio::process::Command::new(py)
-        .arg(dir.join("grpc_health_check.py"))
-        .arg(server.addr.to_string())
-        .args([
+    let addr = server.addr.to_string();
+    run_script(
+        py,
+        "grpc_health_check.py",
+        &[
+            addr.as_str(),
             "=SERVING",
             "echo.Echo=SERVING",
             "maintenance.Mode=NOT_SERVING",
-        ])
-        .args(["--unknown", "no.Such"])
-        .current_dir(&dir)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the health checker");
-    let out = within(
+            "--unknown",
+            "no.Such",
+        ],
         Duration::from_secs(60),
-        "the health checker",
-        child.wait_with_output(),
+        "all health checks passed",
     )
-    .await
-    .expect("ran");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all health checks passed"),
-        "grpc_health_check.py failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .await;
     server.shutdown().await;
 }

@@ -5,20 +5,20 @@
 //! client on another connection is still served, and that memory stays
 //! bounded (docs/LIMITS.md, "gRPC / HTTP/2").
 
-mod common;
-mod h2_support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 
-use common::{serve_with, within, EchoMsg, TestServer, SOON};
-use h2_support::*;
 use trpc::codec::Proto;
 use trpc::server::{unary, Router, Server};
 use trpc::{Client, Endpoint, Request, Response, Status};
+use trpc_integration::h2::*;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::proc::vm_rss_kib;
+use trpc_integration::server::{serve_with, TestServer};
+use trpc_integration::{within, SOON};
 
 /// Handlers that started and have not ended (finished or dropped).
 #[derive(Clone, Default)]
@@ -93,7 +93,7 @@ const MEMORY_BOUND: usize = 256 << 20;
 async fn rapid_reset_is_cut_off_and_leaves_no_handlers_behind() {
     let live = Live::default();
     let server = start(Server::builder(), &live).await;
-    let before = rss();
+    let before = vm_rss_kib() as usize * 1024;
     let mut peer = H2Peer::connect(server.addr).await;
     peer.handshake().await;
     // Open a stream and reset it at once, thousands of times, in batches.
@@ -130,7 +130,7 @@ async fn rapid_reset_is_cut_off_and_leaves_no_handlers_behind() {
     })
     .await;
     bystander_served(server.addr).await;
-    assert!(rss().saturating_sub(before) < MEMORY_BOUND);
+    assert!((vm_rss_kib() as usize * 1024).saturating_sub(before) < MEMORY_BOUND);
     server.shutdown().await;
 }
 
@@ -138,7 +138,7 @@ async fn rapid_reset_is_cut_off_and_leaves_no_handlers_behind() {
 async fn a_continuation_flood_is_cut_at_the_header_list_limit() {
     let live = Live::default();
     let server = start(Server::builder(), &live).await;
-    let before = rss();
+    let before = vm_rss_kib() as usize * 1024;
     let mut peer = H2Peer::connect(server.addr).await;
     peer.handshake().await;
     let mut out = BytesMut::new();
@@ -174,7 +174,7 @@ async fn a_continuation_flood_is_cut_at_the_header_list_limit() {
     assert!(sent < 16 << 20, "{sent} bytes accepted before the cut");
     assert_eq!(live.now(), 0);
     bystander_served(server.addr).await;
-    assert!(rss().saturating_sub(before) < MEMORY_BOUND);
+    assert!((vm_rss_kib() as usize * 1024).saturating_sub(before) < MEMORY_BOUND);
     server.shutdown().await;
 }
 
@@ -182,7 +182,7 @@ async fn a_continuation_flood_is_cut_at_the_header_list_limit() {
 async fn control_flood(kind: u8, payload: &[u8]) {
     let live = Live::default();
     let server = start(Server::builder(), &live).await;
-    let before = rss();
+    let before = vm_rss_kib() as usize * 1024;
     let mut peer = H2Peer::connect(server.addr).await;
     peer.handshake().await;
     let mut batch = BytesMut::new();
@@ -199,9 +199,9 @@ async fn control_flood(kind: u8, payload: &[u8]) {
     }
     bystander_served(server.addr).await;
     assert!(
-        rss().saturating_sub(before) < MEMORY_BOUND,
+        (vm_rss_kib() as usize * 1024).saturating_sub(before) < MEMORY_BOUND,
         "memory grew by {} bytes",
-        rss().saturating_sub(before)
+        (vm_rss_kib() as usize * 1024).saturating_sub(before)
     );
     drop(peer);
     server.shutdown().await;

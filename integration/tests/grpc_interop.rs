@@ -5,41 +5,19 @@
 //! from trpc's own .proto files; the venv is made by
 //! `integration/interop/venv.sh` (grpcio from PyPI) when missing.
 
-mod common;
-
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use common::within;
 use trpc_integration::interop::client::{run, CASES};
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
-}
-
-/// The venv's python (made on first use).
-async fn python() -> PathBuf {
-    let out = within(
-        Duration::from_secs(600),
-        "making the interop venv",
-        Command::new("bash")
-            .arg(interop_dir().join("venv.sh"))
-            .stderr(Stdio::inherit())
-            .output(),
-    )
-    .await
-    .expect("bash runs venv.sh");
-    assert!(out.status.success(), "venv.sh failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
+use trpc_integration::python::{interop_dir, run_script, venv_python};
+use trpc_integration::within;
 
 /// A trpc interop server on a free port.
 async fn trpc_server() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = common::listener().await;
+    let listener = trpc_integration::server::listener().await;
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(trpc_integration::interop::server::serve(
@@ -53,34 +31,26 @@ async fn trpc_server() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()
 
 #[tokio::test]
 async fn a_python_grpcio_client_passes_every_case_against_the_trpc_server() {
-    let py = python().await;
+    let py = venv_python().await;
     let (addr, stop) = trpc_server().await;
-    let child = Command::new(py)
-        .arg(interop_dir().join("grpc_interop_client.py"))
-        .args(["--server_host", "127.0.0.1", "--server_port"])
-        .arg(addr.port().to_string())
-        .args(["--test_case", "all"])
-        .current_dir(interop_dir())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the python client");
-    let out = within(
+    let port = addr.port().to_string();
+    let args = [
+        "--server_host",
+        "127.0.0.1",
+        "--server_port",
+        &port,
+        "--test_case",
+        "all",
+    ];
+    let success = format!("all {} cases passed", CASES.len());
+    let stdout = run_script(
+        py,
+        "grpc_interop_client.py",
+        &args,
         Duration::from_secs(120),
-        "the python client",
-        child.wait_with_output(),
+        &success,
     )
-    .await
-    .expect("python client ran");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains(&format!("all {} cases passed", CASES.len())),
-        "grpc_interop_client.py failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    .await;
     for case in CASES {
         assert!(
             stdout.contains(&format!("ok    {case}\n")),
@@ -97,7 +67,7 @@ struct PythonServer {
 }
 
 async fn python_server() -> PythonServer {
-    let py = python().await;
+    let py = venv_python().await;
     let mut child = Command::new(py)
         .arg(interop_dir().join("grpc_interop_server.py"))
         .args(["--port", "0"])

@@ -3,18 +3,17 @@
 //! (GOAWAY to gRPC peers, in-flight calls drained, force-close after the
 //! grace period), and the server option that turns gRPC off.
 
-mod common;
-mod h2_support;
-
 use std::time::Duration;
 
-use common::{serve_with, within, EchoMsg, SOON};
-use h2_support::H2Peer;
 use trpc::codec::Proto;
 use trpc::server::{unary, Router, Server};
 use trpc::tls::{ClientTlsConfig, ServerTlsConfig, TlsInfo};
 use trpc::{Client, Code, Endpoint, Request, Response, Status};
+use trpc_integration::h2::H2Peer;
+use trpc_integration::messages::EchoMsg;
 use trpc_integration::pki::TestCa;
+use trpc_integration::server::serve_with;
+use trpc_integration::{within, SOON};
 
 async fn who(req: Request<EchoMsg>) -> Result<Response<EchoMsg>, Status> {
     let tls = req.extensions().get::<TlsInfo>();
@@ -182,7 +181,7 @@ async fn with_grpc_off_an_http2_client_is_refused_and_native_calls_work() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
-    let native = common::connect(server.addr).await;
+    let native = trpc_integration::client::connect(server.addr).await;
     let reply: EchoMsg = Client::with_codec(native, Proto)
         .unary_message("t.T/Who", EchoMsg::new(""))
         .await

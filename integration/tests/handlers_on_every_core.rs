@@ -6,19 +6,19 @@
 //! concurrently served call can cause has happened (bounded by a timeout,
 //! so a server that serialises them fails instead of hanging).
 
-mod common;
-mod hostile_support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connect, serve, unary_request, EchoMsg};
 use futures_util::future::join_all;
-use hostile_support::{echo_body, kind, raw_frame, Peer, Seen};
 use trpc::frame::FrameType;
 use trpc::server::{unary, Router};
 use trpc::{Client, Request, Response, Status};
+use trpc_integration::client::connect;
+use trpc_integration::frames::{kind, raw_frame, unary_request};
+use trpc_integration::messages::{echo_body, EchoMsg};
+use trpc_integration::peer::{Peer, RawResponse, Seen};
+use trpc_integration::server::serve;
 
 /// Spins (no await) until `cond` holds or `limit` passes; true if it held.
 fn spin_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
@@ -84,7 +84,7 @@ async fn cpu_bound_calls_on_one_connection_run_on_every_worker() {
 async fn a_ping_and_a_call_are_answered_while_a_handler_burns_cpu() {
     let release = Arc::new(AtomicBool::new(false));
     let r = release.clone();
-    let router = common::echo_router().route(
+    let router = trpc_integration::server::echo_router().route(
         "c.C/Hog",
         unary(move |req: Request<EchoMsg>| {
             let release = r.clone();
@@ -120,7 +120,12 @@ async fn a_ping_and_a_call_are_answered_while_a_handler_burns_cpu() {
     eprintln!("during a CPU-bound handler: PONG after {pong:?}, a call answered after {echo:?}");
     assert!(pong.unwrap() < Duration::from_secs(2) && echo.unwrap() < Duration::from_secs(2));
     release.store(true, Ordering::SeqCst);
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, 0), "{msg}");
     srv.shutdown().await;
 }

@@ -2,8 +2,6 @@
 //! and JSON, and every status turning NOT_SERVING as soon as graceful
 //! shutdown starts, while calls still drain.
 
-mod common;
-
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,7 +13,10 @@ use trpc::health::{
 use trpc::server::{unary, Router, Server};
 use trpc::{Client, Code, Request, Response, Status};
 
-use common::{connect, serve_with, within, EchoMsg, SOON};
+use trpc_integration::client::connect;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve_with;
+use trpc_integration::{within, SOON};
 
 fn app() -> Router {
     Router::new().route(

@@ -2,8 +2,6 @@
 //! detected by keepalive PINGs, in-flight calls fail UNAVAILABLE, and the pool
 //! reconnects.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,10 +11,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use trpc::server::{unary, Router};
-use trpc::{Client, Code, Request, Response, Status};
+use trpc::{Client, Code};
 
-use common::{echo_router, endpoint, listener, serve, within, EchoMsg, Event, Probe, SOON};
+use trpc_integration::client::endpoint;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::probe::{sleep_router, Event, Probe};
+use trpc_integration::server::{echo_router, listener, serve};
+use trpc_integration::{within, SOON};
 
 /// A TCP proxy that forwards both ways and can black-hole the connections it
 /// has: sockets stay open, bytes are read and dropped. Connections opened
@@ -103,20 +104,7 @@ const TIMEOUT: Duration = Duration::from_millis(600);
 #[tokio::test]
 async fn dead_peer_is_detected_by_keepalive_and_the_pool_reconnects() {
     let (probe, mut events) = Probe::new();
-    let router = Router::new()
-        .route(
-            "slow.Slow/Sleep",
-            unary(move |_req: Request<EchoMsg>| {
-                let probe = probe.clone();
-                async move {
-                    let guard = probe.enter();
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    guard.finish();
-                    Ok::<_, Status>(Response::new(EchoMsg::new("slept")))
-                }
-            }),
-        )
-        .merge(echo_router());
+    let router = sleep_router(probe).merge(echo_router());
     let server = serve(router).await;
     let proxy = Proxy::start(server.addr).await;
     let channel = within(

@@ -5,20 +5,19 @@
 //! GOAWAY(PROTOCOL_ERROR), a peer that never finishes identifying itself is
 //! cut at the handshake timeout — and a normal client is served all along.
 
-mod common;
-mod hostile_support;
-
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use common::{within, Probe, SOON};
-use hostile_support::{
-    assert_goaway, hostile_server, start, start_default, Bystander, Peer, HANDSHAKE,
-};
 use trpc::frame::GoawayCode;
 use trpc::stats::TransportStats;
+use trpc_integration::hostile::{
+    assert_goaway, hostile_server, start, start_default, Bystander, Hostile, HANDSHAKE,
+};
+use trpc_integration::peer::Peer;
+use trpc_integration::probe::Probe;
+use trpc_integration::{within, SOON};
 
 /// Sends `bytes` as the first thing on a new connection; returns everything
 /// the server sends before closing.
@@ -26,12 +25,12 @@ async fn first_bytes(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut p = Peer::connect(addr).await;
     p.send(bytes).await;
     let mut out = Vec::new();
-    let _ = within(SOON, "server closes", p.tcp.read_to_end(&mut out)).await;
+    let _ = within(SOON, "server closes", p.io.read_to_end(&mut out)).await;
     out
 }
 
 /// A server with gRPC and the HTTP/1 gateway turned off.
-async fn native_only(probe: Probe) -> hostile_support::Hostile {
+async fn native_only(probe: Probe) -> Hostile {
     let stats = TransportStats::new();
     start(
         hostile_server(&stats).grpc(false).http1(false),

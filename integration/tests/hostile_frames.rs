@@ -4,20 +4,19 @@
 //! exist. Each gets the reaction of docs/PROTOCOL.md §6–§8 and docs/LIMITS.md,
 //! the server never panics, and a normal client is served all along.
 
-mod common;
-mod hostile_support;
-
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use common::{metadata_block, unary_request, Event, Probe, SOON};
-use hostile_support::{
-    ask_body, assert_goaway, echo_body, kind, raw_frame, raw_frame_lens, start_default, vm_rss_kib,
-    Bystander, Peer, Seen, MEMORY,
-};
 use trpc::frame::{FrameType, Goaway, GoawayCode};
 use trpc::Code;
+use trpc_integration::frames::{kind, metadata_block, raw_frame, raw_frame_lens, unary_request};
+use trpc_integration::hostile::{assert_goaway, start_default, Bystander};
+use trpc_integration::messages::{ask_body, echo_body};
+use trpc_integration::peer::{Peer, RawResponse, Seen};
+use trpc_integration::probe::{Event, Probe};
+use trpc_integration::proc::{vm_rss_kib, MEMORY};
+use trpc_integration::SOON;
 
 const OK: u32 = Code::Ok as u32;
 
@@ -30,7 +29,12 @@ async fn echo_works(peer: &mut Peer, id: u32) {
         echo_body("still fine"),
     ))
     .await;
-    let (sid, code, msg, _) = peer.response().await;
+    let RawResponse {
+        stream_id: sid,
+        status: code,
+        message: msg,
+        ..
+    } = peer.response().await;
     assert_eq!((sid, code), (id, OK), "{msg}");
 }
 
@@ -52,7 +56,12 @@ async fn length_claims_of_0xffffffff_get_their_documented_reaction() {
         &path,
     ))
     .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, Code::ResourceExhausted as u32), "{msg}");
     assert!(msg.contains("exceeds the limit"), "{msg}");
 
@@ -67,7 +76,12 @@ async fn length_claims_of_0xffffffff_get_their_documented_reaction() {
         b"junk",
     ))
     .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, Code::ResourceExhausted as u32), "{msg}");
     assert!(msg.contains("metadata"), "{msg}");
 
@@ -111,7 +125,7 @@ async fn skipping_an_oversized_frame_buffers_nothing() {
         &path,
     ))
     .await;
-    let (_, code, _, _) = p.response().await;
+    let RawResponse { status: code, .. } = p.response().await;
     assert_eq!(code, Code::ResourceExhausted as u32);
 
     // 128 MiB of the claimed 4 GiB: the server reads and drops them.
@@ -121,7 +135,7 @@ async fn skipping_an_oversized_frame_buffers_nothing() {
     for _ in 0..128 {
         p.send(&chunk).await;
     }
-    hostile_support::until(SOON, "the server read the junk", || {
+    trpc_integration::until(SOON, "the server read the junk", || {
         h.stats.bytes_read() - read_before >= 128 << 20
     })
     .await;
@@ -215,14 +229,24 @@ async fn zero_length_frames_of_every_type_get_their_documented_reaction() {
     }
     // An empty HEADERS has no :path: INVALID_ARGUMENT for that stream.
     p.send(&raw_frame(kind::HEADERS, 0x01, 1, &[], &[])).await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, Code::InvalidArgument as u32), "{msg}");
     assert!(msg.contains(":path"), "{msg}");
     // A call with an empty message (HEADERS with MESSAGE, no payload): the
     // JSON codec cannot decode nothing, so INVALID_ARGUMENT.
     p.send(&unary_request(3, "echo.Echo/Say", &[], Vec::new()))
         .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (3, Code::InvalidArgument as u32), "{msg}");
     echo_works(&mut p, 5).await;
     // An increment of 0 for the connection: a FLOW_CONTROL connection error.
@@ -264,7 +288,7 @@ async fn truncated_frame_then_eof_drops_the_calls_and_closes() {
     events.expect(Event::Started, SOON).await;
     let next = unary_request(3, "echo.Echo/Say", &[], echo_body("cut"));
     p.send(&next[..next.len() / 2]).await;
-    p.tcp.shutdown().await.expect("shutdown");
+    p.io.shutdown().await.expect("shutdown");
     // The server treats EOF as the client being gone: the handler is
     // dropped, nothing is answered, the connection closes.
     events.expect(Event::Dropped, SOON).await;
@@ -337,7 +361,12 @@ async fn unknown_frame_types_and_flags_are_ignored() {
         &echo_body("flags"),
     ))
     .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, OK), "{msg}");
     // Unknown SETTINGS ids are ignored too.
     p.send(&raw_frame(
@@ -423,7 +452,12 @@ async fn bad_methods_payloads_and_codecs_fail_only_their_call() {
     ];
     for (bytes, want, text) in cases {
         p.send(&bytes).await;
-        let (id, code, msg, _) = p.response().await;
+        let RawResponse {
+            stream_id: id,
+            status: code,
+            message: msg,
+            ..
+        } = p.response().await;
         assert_eq!(code, want as u32, "stream {id}: {msg}");
         assert!(
             msg.contains(text),
@@ -438,7 +472,12 @@ async fn bad_methods_payloads_and_codecs_fail_only_their_call() {
         ask_body(10),
     ))
     .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (17, OK), "{msg}");
     by.finish().await;
     h.server.shutdown().await;
@@ -500,7 +539,12 @@ async fn huge_malformed_or_non_utf8_metadata_fails_only_its_call() {
     for (block, want, text) in blocks {
         p.send(&raw_frame(kind::HEADERS, 0x03, id, &block, &body))
             .await;
-        let (sid, code, msg, _) = p.response().await;
+        let RawResponse {
+            stream_id: sid,
+            status: code,
+            message: msg,
+            ..
+        } = p.response().await;
         assert_eq!((sid, code), (id, want as u32), "{msg}");
         assert!(
             msg.contains(text),
@@ -512,7 +556,12 @@ async fn huge_malformed_or_non_utf8_metadata_fails_only_its_call() {
     let ok = metadata_block(&[path, ("x-raw-bin", &[0xff, 0, 0x80]), (":future", b"?")]);
     p.send(&raw_frame(kind::HEADERS, 0x03, id, &ok, &body))
         .await;
-    let (sid, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: sid,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((sid, code), (id, OK), "{msg}");
     by.finish().await;
     h.server.shutdown().await;

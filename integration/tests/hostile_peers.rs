@@ -4,9 +4,6 @@
 //! up on one connection. Each gets the reaction docs/LIMITS.md documents,
 //! memory stays bounded, and a normal client is served all along.
 
-mod common;
-mod hostile_support;
-
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -18,18 +15,19 @@ use trpc::server::{unary, Router};
 use trpc::stats::TransportStats;
 use trpc::{Client, Code, Request, Response, Status};
 
-use common::{endpoint, serve_with, unary_request, within, EchoMsg, Event, Probe, SOON};
-use hostile_support::{
-    ask_body, assert_goaway, echo_body, hostile_server, kind, raw_frame, raw_frame_lens, start,
-    start_default, thread_cpu_ticks, until, vm_rss_kib, Bystander, Peer, Seen, FRAME, HANDSHAKE,
-    MEMORY, WRITE,
+use trpc_integration::client::endpoint;
+use trpc_integration::frames::{cancel, kind, raw_frame_lens, unary_request};
+use trpc_integration::hostile::{
+    assert_goaway, hostile_server, start, start_default, Bystander, FRAME, HANDSHAKE, WRITE,
 };
+use trpc_integration::messages::{ask_body, echo_body, EchoMsg};
+use trpc_integration::peer::{Peer, RawResponse, Seen};
+use trpc_integration::probe::{Event, Probe};
+use trpc_integration::proc::{thread_cpu_ticks, vm_rss_kib, MEMORY};
+use trpc_integration::server::serve_with;
+use trpc_integration::{until, within, SOON};
 
 const MIB: usize = 1 << 20;
-
-fn cancel(id: u32) -> bytes::Bytes {
-    raw_frame(kind::CANCEL, 0, id, &[], &[0, 0, 0, 1])
-}
 
 #[tokio::test]
 async fn a_flood_of_open_cancel_pairs_ends_with_enhance_your_calm() {
@@ -46,7 +44,7 @@ async fn a_flood_of_open_cancel_pairs_ends_with_enhance_your_calm() {
         let mut batch = Vec::new();
         for _ in 0..100 {
             batch.extend_from_slice(&unary_request(id, "h.H/Wait", &[], echo_body("r")));
-            batch.extend_from_slice(&cancel(id));
+            batch.extend_from_slice(&cancel(id, Code::Cancelled));
             id += 2;
         }
         p.send(&batch).await;
@@ -122,7 +120,7 @@ async fn connections_over_the_limit_get_a_goaway_that_says_so() {
 
     // A raw fourth connection: GOAWAY(ENHANCE_YOUR_CALM) instead of SETTINGS.
     let mut p = Peer::connect(h.addr).await;
-    p.send(&common::client_settings()).await;
+    p.send(&trpc_integration::frames::client_settings()).await;
     let frames = p.until_closed().await;
     assert_eq!(frames.len(), 1, "{frames:?}");
     assert_eq!(frames[0].frame_type(), Some(FrameType::Goaway));
@@ -143,7 +141,12 @@ async fn connections_over_the_limit_get_a_goaway_that_says_so() {
     let mut c = Peer::handshake(h.addr).await;
     c.send(&unary_request(1, "echo.Echo/Say", &[], echo_body("in")))
         .await;
-    let (id, code, msg, _) = c.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = c.response().await;
     assert_eq!((id, code), (1, 0), "{msg}");
     drop((b, c));
     until(SOON, "only the bystander is left", || h.stats.open() == 1).await;
@@ -294,7 +297,7 @@ async fn a_client_that_never_reads_is_dropped_with_bounded_buffers() {
     assert!(grown_mib < 64, "the process grew by {grown_mib} MiB");
     // What the peer gets is a prefix of the answers, then the end.
     let mut sink = Vec::new();
-    let _ = within(SOON, "read the rest", p.tcp.read_to_end(&mut sink)).await;
+    let _ = within(SOON, "read the rest", p.io.read_to_end(&mut sink)).await;
     assert!(sink.len() < 256 * MIB / 4, "{} bytes were sent", sink.len());
     by.finish().await;
     h.server.shutdown().await;
@@ -311,7 +314,7 @@ async fn a_client_that_half_closes_is_gone_and_its_calls_are_dropped() {
     events.expect(Event::Started, SOON).await;
     // TCP half-close: the protocol has none (PROTOCOL.md §5.3); EOF means
     // the client is gone.
-    p.tcp.shutdown().await.expect("shutdown");
+    p.io.shutdown().await.expect("shutdown");
     events.expect(Event::Dropped, SOON).await;
     let frames = p.until_closed().await;
     assert!(
@@ -343,11 +346,11 @@ async fn a_peer_reset_mid_response_leaves_the_server_serving() {
         within(
             SOON,
             "first bytes of the answer",
-            p.tcp.read_exact(&mut first),
+            p.io.read_exact(&mut first),
         )
         .await
         .expect("read");
-        p.tcp.set_zero_linger().expect("SO_LINGER 0");
+        p.io.set_zero_linger().expect("SO_LINGER 0");
         drop(p); // RST
         until(SOON, "the reset connection is gone", || h.stats.open() == 1).await;
     }
@@ -376,12 +379,18 @@ async fn request_bytes_held_on_one_connection_are_bounded() {
     }
     p.send(&unary_request(7, "h.H/Wait", &[], body.clone()))
         .await;
-    let (id, code, msg, refused) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        refused,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (7, Code::ResourceExhausted as u32), "{msg}");
     assert!(msg.contains("buffered"), "{msg}");
     assert!(refused, "the call was not processed: safe to retry");
     // Cancelling one call frees its bytes: the next call fits.
-    p.send(&cancel(1)).await;
+    p.send(&cancel(1, Code::Cancelled)).await;
     events.expect(Event::Dropped, SOON).await;
     p.send(&unary_request(9, "h.H/Wait", &[], body)).await;
     events.expect(Event::Started, SOON).await;
@@ -421,7 +430,12 @@ async fn pipelined_calls_behind_a_service_that_is_not_ready_are_all_answered() {
     p.send(&wire).await;
     let mut ids = Vec::new();
     for _ in 0..4 {
-        let (id, code, msg, _) = p.response().await;
+        let RawResponse {
+            stream_id: id,
+            status: code,
+            message: msg,
+            ..
+        } = p.response().await;
         assert_eq!(code, 0, "{msg}");
         ids.push(id);
     }
@@ -481,7 +495,7 @@ async fn an_idle_connection_gets_goaway_then_close() {
     let mut p = Peer::handshake(h.addr).await;
     p.send(&unary_request(1, "echo.Echo/Say", &[], echo_body("once")))
         .await;
-    let (_, code, _, _) = p.response().await;
+    let RawResponse { status: code, .. } = p.response().await;
     assert_eq!(code, 0);
     let t0 = Instant::now();
     let g = p.goaway_then_close().await;
@@ -510,14 +524,20 @@ async fn per_call_limits_fail_only_that_call() {
     }
     p.send(&unary_request(5, "h.H/Wait", &[], echo_body("w")))
         .await;
-    let (id, code, msg, refused) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        refused,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (5, Code::ResourceExhausted as u32), "{msg}");
     assert!(
         msg.contains("too many concurrent calls") && refused,
         "{msg}"
     );
-    p.send(&cancel(1)).await;
-    p.send(&cancel(3)).await;
+    p.send(&cancel(1, Code::Cancelled)).await;
+    p.send(&cancel(3, Code::Cancelled)).await;
     events.expect(Event::Dropped, SOON).await;
     events.expect(Event::Dropped, SOON).await;
 
@@ -525,12 +545,22 @@ async fn per_call_limits_fail_only_that_call() {
     let proto: (&str, &[u8]) = ("trpc-codec", b"proto");
     p.send(&unary_request(7, "h.H/Big", &[proto], ask_body(2000)))
         .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (7, Code::ResourceExhausted as u32), "{msg}");
     assert!(msg.contains("response message"), "{msg}");
     p.send(&unary_request(9, "h.H/Big", &[proto], ask_body(100)))
         .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (9, 0), "{msg}");
 
     // The client's own announced limit applies too.
@@ -544,7 +574,12 @@ async fn per_call_limits_fail_only_that_call() {
     q.send(&settings).await;
     q.send(&unary_request(1, "h.H/Big", &[proto], ask_body(100)))
         .await;
-    let (id, code, msg, _) = q.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = q.response().await;
     assert_eq!((id, code), (1, Code::ResourceExhausted as u32), "{msg}");
     by.finish().await;
     h.server.shutdown().await;
@@ -564,11 +599,16 @@ async fn bytes_read_while_detecting_the_protocol_are_processed_at_once() {
     first.extend_from_slice(&unary_request(1, "echo.Echo/Say", &[], &b"{}"[..]));
     assert!(first.len() <= 64, "fits in the detection read");
     p.send(&first).await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, 0), "{msg}");
 
     let mut q = Peer::connect(h.addr).await;
-    q.send(&common::client_settings()).await;
+    q.send(&trpc_integration::frames::client_settings()).await;
     let quiet = tokio::time::timeout(HANDSHAKE * 2, async {
         loop {
             match q.next().await {

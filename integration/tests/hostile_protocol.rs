@@ -6,55 +6,25 @@
 //! its documented reaction, the server's memory stays bounded, and a normal
 //! client is served all along.
 
-mod common;
-mod hostile_support;
-
 use std::time::Duration;
 
-use common::{metadata_block, unary_request, Event, Probe};
-use hostile_support::{
-    assert_goaway, echo_body, hostile_server, kind, raw_frame, start, start_default, vm_rss_kib,
-    Bystander, Peer, Seen, MEMORY,
-};
 use trpc::frame::{FrameType, GoawayCode, Settings};
 use trpc::stats::TransportStats;
 use trpc::Code;
+use trpc_integration::frames::{data, kind, metadata_block, open_stream, raw_frame, unary_request};
+use trpc_integration::hostile::{assert_goaway, hostile_server, start, start_default, Bystander};
+use trpc_integration::messages::echo_body;
+use trpc_integration::peer::{Peer, RawResponse, Seen};
+use trpc_integration::probe::{Event, Probe};
+use trpc_integration::proc::{vm_rss_kib, MEMORY};
 
 const MIB: usize = 1 << 20;
-
-/// DATA with a message (flags: 0x01 END_STREAM).
-fn data(stream: u32, flags: u8, payload: &[u8]) -> bytes::Bytes {
-    raw_frame(kind::DATA, flags, stream, &[], payload)
-}
-
-/// HEADERS opening a stream whose message comes in DATA frames.
-fn open_stream(stream: u32, method: &str) -> bytes::Bytes {
-    let md = metadata_block(&[(":path", method.as_bytes())]);
-    raw_frame(kind::HEADERS, 0, stream, &md, &[])
-}
 
 /// A JSON echo request padded to `len` bytes (JSON ignores the spaces).
 fn padded_echo(len: usize) -> Vec<u8> {
     let mut body = echo_body("big");
     body.resize(len, b' ');
     body
-}
-
-/// Sends a PING and reads up to its PONG; returns the frames seen before.
-async fn barrier(p: &mut Peer, tag: u8) -> Vec<trpc::frame::Frame> {
-    p.send(&raw_frame(kind::PING, 0, 0, &[], &[tag; 8])).await;
-    let mut seen = Vec::new();
-    loop {
-        match p.next().await {
-            Seen::Frame(f)
-                if f.frame_type() == Some(FrameType::Pong) && f.payload[..] == [tag; 8] =>
-            {
-                return seen
-            }
-            Seen::Frame(f) => seen.push(f),
-            Seen::Closed => panic!("closed before the PONG; frames: {seen:?}"),
-        }
-    }
 }
 
 /// The connection-level credit (WINDOW_UPDATE on stream 0) in `frames`.
@@ -97,7 +67,7 @@ async fn streamed_unary_requests_hold_their_credit_until_they_end() {
         p.send(&data(id, 0, &msg)).await;
         window -= msg.len() as i64;
         opened.push(id);
-        window += connection_credit(&barrier(&mut p, i as u8).await) as i64;
+        window += connection_credit(&p.barrier(i as u8).await) as i64;
     }
     assert!(
         opened.len() <= 5,
@@ -127,7 +97,7 @@ async fn streamed_unary_requests_hold_their_credit_until_they_end() {
             Seen::Closed => panic!("closed"),
         }
     }
-    credit += connection_credit(&barrier(&mut p, 99).await);
+    credit += connection_credit(&p.barrier(99).await);
     assert!(
         credit >= 4 * MIB as u64,
         "only {credit} bytes of credit came back"
@@ -169,21 +139,36 @@ async fn buffered_request_data_counts_in_the_request_byte_budget() {
     // 3 MiB of request data held by stream 1 (its stream never ends)...
     p.send(&open_stream(1, "echo.Echo/Say")).await;
     p.send(&data(1, 0, &padded_echo(3 * MIB))).await;
-    barrier(&mut p, 1).await;
+    p.barrier(1).await;
     // ...so a new call over the budget is refused.
     p.send(&unary_request(3, "echo.Echo/Say", &[], echo_body("x")))
         .await;
-    let (id, code, msg, refused) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        refused,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (3, Code::ResourceExhausted as u32), "{msg}");
     assert!(refused, "{msg}");
     assert!(msg.contains("buffered"), "{msg}");
     // Once stream 1 ends, its bytes are released and calls are admitted.
     p.send(&raw_frame(kind::TRAILERS, 0x01, 1, &[], &[])).await;
-    let (id, code, _, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, 0));
     p.send(&unary_request(5, "echo.Echo/Say", &[], echo_body("y")))
         .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (5, 0), "{msg}");
     h.server.shutdown().await;
 }
@@ -200,7 +185,12 @@ async fn oversized_trailers_fail_their_stream_and_free_its_slot() {
     // TRAILERS with a metadata block of 4 MiB + 1 (over 16 KiB).
     let big = vec![b'x'; 4 * MIB + 1];
     p.send(&raw_frame(kind::TRAILERS, 0x01, 1, &big, &[])).await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, Code::ResourceExhausted as u32), "{msg}");
     assert!(msg.contains("metadata"), "{msg}");
     // The stream is gone: a late DATA with END_STREAM is not answered, and
@@ -208,7 +198,12 @@ async fn oversized_trailers_fail_their_stream_and_free_its_slot() {
     p.send(&data(1, 0x01, &echo_body("late"))).await;
     p.send(&unary_request(3, "echo.Echo/Say", &[], echo_body("next")))
         .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (3, 0), "{msg}");
     by.finish().await;
     h.server.shutdown().await;
@@ -231,7 +226,12 @@ async fn repeated_pseudo_headers_are_malformed() {
         let md = metadata_block(&entries);
         p.send(&raw_frame(kind::HEADERS, 0x03, id, &md, &echo_body("x")))
             .await;
-        let (sid, code, msg, _) = p.response().await;
+        let RawResponse {
+            stream_id: sid,
+            status: code,
+            message: msg,
+            ..
+        } = p.response().await;
         assert_eq!((sid, code), (id, Code::InvalidArgument as u32), "{msg}");
         assert!(msg.contains(&format!("repeated {}", extra.0)), "{msg}");
     }
@@ -318,7 +318,7 @@ async fn an_unknown_frame_type_as_the_first_frame_is_a_protocol_error() {
     p.send(&raw_frame(0x42, 0, 0, &[], b"??")).await;
     p.send(&unary_request(1, "echo.Echo/Say", &[], echo_body("x")))
         .await;
-    assert_eq!(p.response().await.1, 0);
+    assert_eq!(p.response().await.status, 0);
     h.server.shutdown().await;
 }
 
@@ -331,13 +331,18 @@ async fn a_headers_payload_without_the_message_flag_is_malformed() {
     // END_STREAM only: the payload is not a message, so it is malformed.
     p.send(&raw_frame(kind::HEADERS, 0x01, 1, &md, &echo_body("x")))
         .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, Code::InvalidArgument as u32), "{msg}");
     assert!(msg.contains("MESSAGE"), "{msg}");
     // The handler never ran.
     p.send(&unary_request(3, "echo.Echo/Say", &[], echo_body("x")))
         .await;
-    assert_eq!(p.response().await.1, 0);
+    assert_eq!(p.response().await.status, 0);
     assert_eq!(events.try_next(), None::<Event>);
     h.server.shutdown().await;
 }
@@ -354,7 +359,12 @@ async fn non_minimal_varints_in_metadata_are_malformed() {
     md.extend_from_slice(b"echo.Echo/Say");
     p.send(&raw_frame(kind::HEADERS, 0x03, 1, &md, &echo_body("x")))
         .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, Code::InvalidArgument as u32), "{msg}");
     assert!(msg.contains("malformed metadata"), "{msg}");
     h.server.shutdown().await;
@@ -405,7 +415,12 @@ async fn a_later_settings_frame_keeps_the_values_it_does_not_carry() {
         echo_body(&"y".repeat(200)),
     ))
     .await;
-    let (id, code, msg, _) = p.response().await;
+    let RawResponse {
+        stream_id: id,
+        status: code,
+        message: msg,
+        ..
+    } = p.response().await;
     assert_eq!((id, code), (1, Code::ResourceExhausted as u32), "{msg}");
     assert!(msg.contains("limit of 100"), "{msg}");
     h.server.shutdown().await;

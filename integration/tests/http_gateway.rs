@@ -3,8 +3,6 @@
 //! trpc through a client kept in the app state, and the JSON gateway on the
 //! trpc port itself — all driven by a real HTTP client (hyper).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -12,11 +10,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use common::{serve, within, EchoMsg, SOON};
 use trpc::codec::{Json, Proto};
 use trpc::http::HttpService;
 use trpc::server::{server_streaming, unary, Router};
 use trpc::{Channel, Client, Code, Endpoint, Request, Response, Status};
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve;
+use trpc_integration::{within, SOON};
 
 async fn say(req: Request<EchoMsg>) -> Result<Response<EchoMsg>, Status> {
     let user = req.metadata().get("x-user").unwrap_or("nobody").to_string();
@@ -188,7 +188,7 @@ async fn hello(
 #[tokio::test]
 async fn an_axum_app_serves_rest_the_json_gateway_and_grpc_side_by_side() {
     let backend = serve(router()).await;
-    let channel = common::connect(backend.addr).await;
+    let channel = trpc_integration::client::connect(backend.addr).await;
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/api/hello/{name}", axum::routing::get(hello))
@@ -196,7 +196,7 @@ async fn an_axum_app_serves_rest_the_json_gateway_and_grpc_side_by_side() {
             trpc: Client::new(channel),
         })
         .route_service("/test.Echo/{method}", HttpService::new(router()));
-    let listener = common::listener().await;
+    let listener = trpc_integration::server::listener().await;
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
@@ -224,7 +224,7 @@ async fn the_trpc_port_serves_the_json_gateway_and_grpc_next_to_native_calls() {
     let server = serve(router()).await;
     json_gateway_works(server.addr).await;
     grpc_works(server.addr).await;
-    let native: EchoMsg = Client::new(common::connect(server.addr).await)
+    let native: EchoMsg = Client::new(trpc_integration::client::connect(server.addr).await)
         .unary_message("test.Echo/Say", EchoMsg::new("hi"))
         .await
         .unwrap();

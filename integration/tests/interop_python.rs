@@ -6,17 +6,15 @@
 //! interleaved streams, PING, CANCEL and connection errors. `make test`
 //! installs python3 when it is missing.
 
-mod common;
-
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use trpc::server::{unary, Router};
 use trpc::{Code, Request, Response, Status};
 
-use common::{serve, within, EchoMsg};
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::python::run_script;
+use trpc_integration::server::serve;
 
 #[derive(Serialize, Deserialize)]
 struct Sleep {
@@ -68,30 +66,13 @@ fn router() -> Router {
 #[tokio::test]
 async fn a_python_client_written_from_the_spec_interoperates() {
     let server = serve(router()).await;
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop");
-    let child = tokio::process::Command::new("python3")
-        .arg(dir.join("check_echo.py"))
-        .arg(server.addr.to_string())
-        .current_dir(&dir)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 must be installed (make test installs it)");
-    let out = within(
+    run_script(
+        "python3",
+        "check_echo.py",
+        &[server.addr.to_string()],
         Duration::from_secs(60),
-        "the python checks",
-        child.wait_with_output(),
+        "all checks passed",
     )
-    .await
-    .expect("python3 ran");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "check_echo.py failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    .await;
     server.shutdown().await;
 }

@@ -2,25 +2,26 @@
 //! accepts, rejects (UNAUTHENTICATED) or denies (PERMISSION_DENIED), and the
 //! handler sees the identity.
 
-mod layers_common;
-
 use std::time::Duration;
 
-use layers_common::{connect, serve, within, Msg, TestServer, SOON};
 use tower::ServiceBuilder;
 use trpc::server::{unary, Router, Server};
 use trpc::{Client, Code, Method, Request, Response, Status};
+use trpc_integration::client::connect;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::{serve_with, TestServer};
+use trpc_integration::{within, SOON};
 use trpc_layers::auth::{Credential, Identity, StaticKeys};
 use trpc_layers::{AuthLayer, RequireAuthLayer};
 
 /// Every method answers with the caller's subject (or "anonymous").
 fn router() -> Router {
-    let whoami = |req: Request<Msg>| async move {
+    let whoami = |req: Request<EchoMsg>| async move {
         let who = req
             .extensions()
             .get::<Identity>()
             .map_or("anonymous".to_owned(), |id| id.subject().to_owned());
-        Ok::<_, Status>(Response::new(Msg::new(who)))
+        Ok::<_, Status>(Response::new(EchoMsg::new(who)))
     };
     Router::new()
         .route("app.Users/WhoAmI", unary(whoami))
@@ -35,7 +36,7 @@ async fn server() -> TestServer {
     let auth = RequireAuthLayer::new(keys)
         .allow_anonymous("grpc.health.v1.Health/*")
         .require_scope("app.Admin/*", "admin");
-    serve(Server::builder().layer(auth), router()).await
+    serve_with(Server::builder().layer(auth), router()).await
 }
 
 async fn call(
@@ -49,12 +50,12 @@ async fn call(
             Some(auth) => {
                 let stack = ServiceBuilder::new().layer(auth).service(channel);
                 Client::new(stack)
-                    .unary_message::<Msg, Msg>(method, Msg::new(""))
+                    .unary_message::<EchoMsg, EchoMsg>(method, EchoMsg::new(""))
                     .await
             }
             None => {
                 Client::new(channel)
-                    .unary_message::<Msg, Msg>(method, Msg::new(""))
+                    .unary_message::<EchoMsg, EchoMsg>(method, EchoMsg::new(""))
                     .await
             }
         }
@@ -145,7 +146,7 @@ async fn an_async_validator_closure_checks_tokens() {
             ))
         }
     };
-    let server = serve(
+    let server = serve_with(
         Server::builder().layer(RequireAuthLayer::new(validator)),
         router(),
     )

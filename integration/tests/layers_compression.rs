@@ -2,17 +2,18 @@
 //! shrink, in both directions, for unary and streaming calls; negotiation; a
 //! corrupt compressed payload fails with a clear error.
 
-mod layers_common;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream;
-use layers_common::{endpoint, serve, within, Msg, TestServer, SOON};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use trpc::server::{client_streaming, server_streaming, unary, Router, Server};
 use trpc::stats::TransportStats;
 use trpc::{Body, Client, Code, Payload, Request, Response, Status, Streaming};
+use trpc_integration::client::endpoint;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::{serve_with, TestServer};
+use trpc_integration::{within, SOON};
 use trpc_layers::compression::{Encoding, ACCEPT_ENCODING, ENCODING};
 use trpc_layers::CompressionLayer;
 
@@ -26,21 +27,22 @@ fn text(len: usize) -> String {
 }
 
 fn router() -> Router {
-    let echo = |req: Request<Msg>| async move { Ok::<_, Status>(Response::new(req.into_inner())) };
-    let download = |req: Request<Msg>| async move {
+    let echo =
+        |req: Request<EchoMsg>| async move { Ok::<_, Status>(Response::new(req.into_inner())) };
+    let download = |req: Request<EchoMsg>| async move {
         let n: usize = req.into_inner().message.parse().unwrap_or(0);
         Ok::<_, Status>(Response::new(stream::iter(
-            (0..n).map(|i| Ok(Msg::new(format!("{i}: {}", text(256 * 1024))))),
+            (0..n).map(|i| Ok(EchoMsg::new(format!("{i}: {}", text(256 * 1024))))),
         )))
     };
-    let upload = |req: Request<Streaming<Msg>>| async move {
+    let upload = |req: Request<Streaming<EchoMsg>>| async move {
         let mut s = req.into_inner();
         let (mut count, mut bytes) = (0, 0);
         while let Some(m) = s.message().await? {
             count += 1;
             bytes += m.message.len();
         }
-        Ok::<_, Status>(Response::new(Msg::new(format!(
+        Ok::<_, Status>(Response::new(EchoMsg::new(format!(
             "{count} messages, {bytes} bytes"
         ))))
     };
@@ -51,7 +53,7 @@ fn router() -> Router {
 }
 
 async fn server(stats: Arc<TransportStats>) -> TestServer {
-    serve(
+    serve_with(
         Server::builder()
             .transport_stats(stats)
             .layer(CompressionLayer::server()),
@@ -73,8 +75,8 @@ async fn echo_bytes(server: &TestServer, layer: Option<CompressionLayer>) -> (u6
     .await
     .unwrap();
     let (w0, r0) = (stats.bytes_written(), stats.bytes_read());
-    let msg = Msg::new(text(MIB));
-    let reply: Msg = match layer {
+    let msg = EchoMsg::new(text(MIB));
+    let reply: EchoMsg = match layer {
         Some(layer) => {
             let mut client = Client::new(ServiceBuilder::new().layer(layer).service(channel));
             within(
@@ -138,7 +140,10 @@ async fn streamed_messages_are_compressed_one_by_one_in_both_directions() {
     let mut s = within(
         SOON,
         "download",
-        client.server_streaming::<Msg, Msg>("zip.Echo/Download", Request::new(Msg::new("8"))),
+        client.server_streaming::<EchoMsg, EchoMsg>(
+            "zip.Echo/Download",
+            Request::new(EchoMsg::new("8")),
+        ),
     )
     .await
     .unwrap()
@@ -157,8 +162,8 @@ async fn streamed_messages_are_compressed_one_by_one_in_both_directions() {
 
     // Upload: 8 messages of 256 KiB.
     let w0 = stats.bytes_written();
-    let msgs = stream::iter((0..8).map(|_| Msg::new(text(256 * 1024))));
-    let reply: Response<Msg> = within(
+    let msgs = stream::iter((0..8).map(|_| EchoMsg::new(text(256 * 1024))));
+    let reply: Response<EchoMsg> = within(
         SOON,
         "upload",
         client.client_streaming("zip.Echo/Upload", Request::new(msgs)),
@@ -200,7 +205,7 @@ async fn raw_call(
 #[tokio::test]
 async fn the_server_answers_only_in_an_encoding_the_client_accepts() {
     let server = server(TransportStats::new()).await;
-    let body = Bytes::from(serde_json::to_vec(&Msg::new(text(64 * 1024))).unwrap());
+    let body = Bytes::from(serde_json::to_vec(&EchoMsg::new(text(64 * 1024))).unwrap());
     for &enc in Encoding::ALL {
         let resp = raw_call(
             &server,
@@ -247,7 +252,7 @@ async fn a_corrupt_compressed_request_is_invalid_argument() {
 
 #[tokio::test]
 async fn a_server_without_the_layer_rejects_compressed_messages_clearly() {
-    let server = serve(Server::builder(), router()).await;
+    let server = serve_with(Server::builder(), router()).await;
     let mut client = Client::new(
         ServiceBuilder::new()
             .layer(CompressionLayer::client())
@@ -260,16 +265,16 @@ async fn a_server_without_the_layer_rejects_compressed_messages_clearly() {
     let err = within(
         SOON,
         "call",
-        client.unary_message::<Msg, Msg>("zip.Echo/Say", Msg::new(text(64 * 1024))),
+        client.unary_message::<EchoMsg, EchoMsg>("zip.Echo/Say", EchoMsg::new(text(64 * 1024))),
     )
     .await
     .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{err}");
     // Small messages are under the threshold: not compressed, so they work.
-    let small: Msg = within(
+    let small: EchoMsg = within(
         SOON,
         "call",
-        client.unary_message("zip.Echo/Say", Msg::new("hi")),
+        client.unary_message("zip.Echo/Say", EchoMsg::new("hi")),
     )
     .await
     .unwrap();

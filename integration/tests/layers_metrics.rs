@@ -1,28 +1,31 @@
 //! Metrics end to end: client and server call metrics plus transport
 //! counters, scraped from the admin server's /metrics over HTTP and parsed.
 
-mod layers_common;
-
 use futures_util::stream;
-use layers_common::{endpoint, http_get, sample, serve, within, Msg, SOON};
 use prometheus::Registry;
 use tower::ServiceBuilder;
 use trpc::server::{server_streaming, unary, Router, Server};
 use trpc::stats::TransportStats;
 use trpc::{Client, Code, Request, Response, Status};
+use trpc_integration::client::endpoint;
+use trpc_integration::http::{http_get, sample};
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve_with;
+use trpc_integration::{within, SOON};
 use trpc_layers::admin::AdminServer;
 use trpc_layers::metrics::TransportCollector;
 use trpc_layers::MetricsLayer;
 
 fn router() -> Router {
-    let say = |req: Request<Msg>| async move { Ok::<_, Status>(Response::new(req.into_inner())) };
-    let fail = |_req: Request<Msg>| async move {
-        Err::<Response<Msg>, _>(Status::not_found("no such thing"))
+    let say =
+        |req: Request<EchoMsg>| async move { Ok::<_, Status>(Response::new(req.into_inner())) };
+    let fail = |_req: Request<EchoMsg>| async move {
+        Err::<Response<EchoMsg>, _>(Status::not_found("no such thing"))
     };
-    let count = |req: Request<Msg>| async move {
+    let count = |req: Request<EchoMsg>| async move {
         let n: u32 = req.into_inner().message.parse().unwrap_or(0);
         Ok::<_, Status>(Response::new(stream::iter(
-            (0..n).map(|i| Ok(Msg::new(i.to_string()))),
+            (0..n).map(|i| Ok(EchoMsg::new(i.to_string()))),
         )))
     };
     Router::new()
@@ -45,7 +48,7 @@ async fn metrics_are_served_over_http_and_count_calls_bytes_streams_and_connecti
     let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), registry.clone())
         .await
         .unwrap();
-    let server = serve(
+    let server = serve_with(
         Server::builder()
             .transport_stats(server_stats.clone())
             .layer(MetricsLayer::server(&registry).unwrap()),
@@ -67,10 +70,10 @@ async fn metrics_are_served_over_http_and_count_calls_bytes_streams_and_connecti
             .service(channel),
     );
     for _ in 0..3 {
-        let r: Msg = within(
+        let r: EchoMsg = within(
             SOON,
             "say",
-            client.unary_message("m.Svc/Say", Msg::new("hello")),
+            client.unary_message("m.Svc/Say", EchoMsg::new("hello")),
         )
         .await
         .unwrap();
@@ -79,7 +82,7 @@ async fn metrics_are_served_over_http_and_count_calls_bytes_streams_and_connecti
     let err = within(
         SOON,
         "fail",
-        client.unary_message::<Msg, Msg>("m.Svc/Fail", Msg::new("")),
+        client.unary_message::<EchoMsg, EchoMsg>("m.Svc/Fail", EchoMsg::new("")),
     )
     .await
     .unwrap_err();
@@ -87,7 +90,7 @@ async fn metrics_are_served_over_http_and_count_calls_bytes_streams_and_connecti
     let mut s = within(
         SOON,
         "count",
-        client.server_streaming::<Msg, Msg>("m.Svc/Count", Request::new(Msg::new("5"))),
+        client.server_streaming::<EchoMsg, EchoMsg>("m.Svc/Count", Request::new(EchoMsg::new("5"))),
     )
     .await
     .unwrap()

@@ -1,31 +1,34 @@
 //! RetryLayer end to end: a server that fails the first attempts, idempotency,
 //! the retry budget, the deadline.
 
-mod layers_common;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use layers_common::{connect, serve, within, Msg, SOON};
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 use trpc::server::{unary, Router, Server};
 use trpc::{Client, Code, Request, Response, Status};
+use trpc_integration::client::connect;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::{listener, rebind, serve_on, serve_with};
+use trpc_integration::{within, SOON};
 use trpc_layers::retry::{Attempts, TpsBudget};
 use trpc_layers::{RetryLayer, TimeoutLayer};
 
 /// `flaky.Svc/Get` and `flaky.Svc/Create` fail with UNAVAILABLE until they have
 /// been called `fail_first` times; `flaky.Svc/Down` always fails.
 fn flaky_router(fail_first: u32, calls: Arc<AtomicU32>) -> Router {
-    let handler = move |req: Request<Msg>| {
+    let handler = move |req: Request<EchoMsg>| {
         let calls = calls.clone();
         async move {
             let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
             if n <= fail_first || req.get_ref().message == "down" {
                 return Err(Status::unavailable(format!("attempt {n} fails")));
             }
-            Ok(Response::new(Msg::new(format!("ok after {n} attempts"))))
+            Ok(Response::new(EchoMsg::new(format!(
+                "ok after {n} attempts"
+            ))))
         }
     };
     Router::new()
@@ -42,15 +45,15 @@ fn retry() -> RetryLayer {
 #[tokio::test]
 async fn an_idempotent_call_succeeds_after_the_server_fails_twice() {
     let calls = Arc::new(AtomicU32::new(0));
-    let server = serve(Server::builder(), flaky_router(2, calls.clone())).await;
+    let server = serve_with(Server::builder(), flaky_router(2, calls.clone())).await;
     let stack = ServiceBuilder::new()
         .layer(retry())
         .service(connect(server.addr).await);
     let mut client = Client::new(stack);
-    let resp: Response<Msg> = within(
+    let resp: Response<EchoMsg> = within(
         SOON,
         "retried call",
-        client.unary("flaky.Svc/Get", Request::new(Msg::new("hi"))),
+        client.unary("flaky.Svc/Get", Request::new(EchoMsg::new("hi"))),
     )
     .await
     .expect("the third attempt succeeds");
@@ -63,7 +66,7 @@ async fn an_idempotent_call_succeeds_after_the_server_fails_twice() {
 #[tokio::test]
 async fn a_non_idempotent_call_that_reached_the_server_is_not_retried() {
     let calls = Arc::new(AtomicU32::new(0));
-    let server = serve(Server::builder(), flaky_router(1, calls.clone())).await;
+    let server = serve_with(Server::builder(), flaky_router(1, calls.clone())).await;
     let stack = ServiceBuilder::new()
         .layer(retry())
         .service(connect(server.addr).await);
@@ -71,7 +74,7 @@ async fn a_non_idempotent_call_that_reached_the_server_is_not_retried() {
     let err = within(
         SOON,
         "call",
-        client.unary_message::<Msg, Msg>("flaky.Svc/Create", Msg::new("hi")),
+        client.unary_message::<EchoMsg, EchoMsg>("flaky.Svc/Create", EchoMsg::new("hi")),
     )
     .await
     .unwrap_err();
@@ -88,10 +91,10 @@ async fn a_non_idempotent_call_that_reached_the_server_is_not_retried() {
 async fn a_refused_call_is_retried_even_if_not_idempotent() {
     // Nothing listens at first: the connect fails, which proves the call was
     // never sent (a refused status); the server comes up during the backoff.
-    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let probe = listener().await;
     let addr = probe.local_addr().unwrap();
     drop(probe);
-    let channel = layers_common::endpoint(addr)
+    let channel = trpc_integration::client::endpoint(addr)
         .backoff(Duration::from_millis(10), Duration::from_millis(20))
         .connect_lazy();
     // Every failed attempt is reported, so the test knows when to start the
@@ -113,7 +116,7 @@ async fn a_refused_call_is_retried_even_if_not_idempotent() {
     let mut client = Client::new(stack);
     let call = tokio::spawn(async move {
         client
-            .unary_message::<Msg, Msg>("flaky.Svc/Create", Msg::new("hi"))
+            .unary_message::<EchoMsg, EchoMsg>("flaky.Svc/Create", EchoMsg::new("hi"))
             .await
     });
     for _ in 0..2 {
@@ -123,29 +126,24 @@ async fn a_refused_call_is_retried_even_if_not_idempotent() {
         assert!(refused, "a connect failure must be a refused status");
     }
     let calls = Arc::new(AtomicU32::new(0));
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let srv = tokio::spawn(Server::builder().serve_with_listener(
-        listener,
+    let server = serve_on(
+        rebind(addr).await,
+        Server::builder(),
         flaky_router(0, calls.clone()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let reply = within(SOON, "refused call retried", call)
         .await
         .unwrap()
         .expect("retried once the server is up");
     assert_eq!(reply.message, "ok after 1 attempts");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    let _ = stop.send(());
-    within(SOON, "server stop", srv).await.unwrap().unwrap();
+    server.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_retry_budget_caps_retries_when_everything_fails() {
     let calls = Arc::new(AtomicU32::new(0));
-    let server = serve(Server::builder(), flaky_router(u32::MAX, calls.clone())).await;
+    let server = serve_with(Server::builder(), flaky_router(u32::MAX, calls.clone())).await;
     // Retries may add at most 50% to the calls made, with no reserve.
     let layer = retry().budget(TpsBudget::new(Duration::from_secs(10), 0, 0.5));
     let stack = ServiceBuilder::new()
@@ -157,7 +155,7 @@ async fn the_retry_budget_caps_retries_when_everything_fails() {
         let err = within(
             SOON,
             "failing call",
-            client.unary_message::<Msg, Msg>("flaky.Svc/Get", Msg::new("x")),
+            client.unary_message::<EchoMsg, EchoMsg>("flaky.Svc/Get", EchoMsg::new("x")),
         )
         .await
         .unwrap_err();
@@ -175,7 +173,7 @@ async fn the_retry_budget_caps_retries_when_everything_fails() {
 #[tokio::test]
 async fn retries_stop_at_the_calls_deadline() {
     let calls = Arc::new(AtomicU32::new(0));
-    let server = serve(Server::builder(), flaky_router(u32::MAX, calls.clone())).await;
+    let server = serve_with(Server::builder(), flaky_router(u32::MAX, calls.clone())).await;
     let stack = ServiceBuilder::new()
         .layer(TimeoutLayer::new(Duration::from_millis(300)))
         .layer(
@@ -190,7 +188,7 @@ async fn retries_stop_at_the_calls_deadline() {
     let err = within(
         SOON,
         "call",
-        client.unary_message::<Msg, Msg>("flaky.Svc/Get", Msg::new("x")),
+        client.unary_message::<EchoMsg, EchoMsg>("flaky.Svc/Get", EchoMsg::new("x")),
     )
     .await
     .unwrap_err();

@@ -2,17 +2,19 @@
 //! timeout, auth and compression all apply to streams (per message where that
 //! makes sense, over the whole stream for the deadline).
 
-mod layers_common;
-
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
-use layers_common::{connect, sample, serve, within, Msg, SOON};
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::Registry;
 use tower::ServiceBuilder;
 use trpc::server::{bidi_streaming, server_streaming, Router, Server};
 use trpc::stats::TransportStats;
 use trpc::{Client, Code, Request, Response, Status, Streaming};
+use trpc_integration::client::connect;
+use trpc_integration::http::{sample, scrape};
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve_with;
+use trpc_integration::{within, SOON};
 use trpc_layers::auth::{Identity, StaticKeys};
 use trpc_layers::trace::TraceContext;
 use trpc_layers::{
@@ -23,7 +25,7 @@ const TOKEN: &str = "stream-token";
 
 fn router() -> Router {
     // Echoes each message back, tagged with the caller's trace id.
-    let echo = |req: Request<Streaming<Msg>>| async move {
+    let echo = |req: Request<Streaming<EchoMsg>>| async move {
         let trace = req
             .extensions()
             .get::<TraceContext>()
@@ -31,28 +33,20 @@ fn router() -> Router {
             .unwrap_or_default();
         let out = req
             .into_inner()
-            .map(move |m| m.map(|m| Msg::new(format!("{trace} {}", m.message))));
+            .map(move |m| m.map(|m| EchoMsg::new(format!("{trace} {}", m.message))));
         Ok::<_, Status>(Response::new(out))
     };
     // A long stream of large compressible messages, slowly.
-    let slow = |_req: Request<Msg>| async move {
+    let slow = |_req: Request<EchoMsg>| async move {
         let s = stream::unfold(0u32, |n| async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            Some((Ok::<_, Status>(Msg::new("x".repeat(64 * 1024))), n + 1))
+            Some((Ok::<_, Status>(EchoMsg::new("x".repeat(64 * 1024))), n + 1))
         });
         Ok::<_, Status>(Response::new(s))
     };
     Router::new()
         .route("s.S/Echo", bidi_streaming(echo))
         .route("s.S/Slow", server_streaming(slow))
-}
-
-fn scrape(registry: &Registry) -> String {
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
-        .expect("encode metrics");
-    String::from_utf8(out).expect("utf-8 metrics")
 }
 
 #[tokio::test]
@@ -70,7 +64,7 @@ async fn a_bidi_stream_runs_through_every_layer_on_both_sides() {
                 .layer(RequireAuthLayer::new(keys))
                 .layer(CompressionLayer::server()),
         );
-    let srv = serve(server, router()).await;
+    let srv = serve_with(server, router()).await;
     let stack = ServiceBuilder::new()
         .layer(TraceLayer::client())
         .layer(MetricsLayer::client(&registry).expect("client metrics"))
@@ -82,11 +76,11 @@ async fn a_bidi_stream_runs_through_every_layer_on_both_sides() {
 
     // 20 large, compressible messages each way.
     let big = "abcd".repeat(16 * 1024);
-    let outgoing = stream::iter((0..20).map(move |i| Msg::new(format!("{i} {big}"))));
+    let outgoing = stream::iter((0..20).map(move |i| EchoMsg::new(format!("{i} {big}"))));
     let mut replies = within(
         SOON,
         "open the stream",
-        client.bidi_streaming::<Msg, Msg, _>("s.S/Echo", Request::new(outgoing)),
+        client.bidi_streaming::<EchoMsg, EchoMsg, _>("s.S/Echo", Request::new(outgoing)),
     )
     .await
     .expect("stream opens")
@@ -143,7 +137,7 @@ async fn a_bidi_stream_runs_through_every_layer_on_both_sides() {
 #[tokio::test]
 async fn a_stream_without_credentials_is_rejected_before_any_message() {
     let keys = StaticKeys::new().bearer(TOKEN, Identity::new("streamer"));
-    let srv = serve(
+    let srv = serve_with(
         Server::builder().layer(RequireAuthLayer::new(keys)),
         router(),
     )
@@ -152,9 +146,9 @@ async fn a_stream_without_credentials_is_rejected_before_any_message() {
     let err = within(
         SOON,
         "rejected stream",
-        client.bidi_streaming::<Msg, Msg, _>(
+        client.bidi_streaming::<EchoMsg, EchoMsg, _>(
             "s.S/Echo",
-            Request::new(stream::iter(vec![Msg::new("hi")])),
+            Request::new(stream::iter(vec![EchoMsg::new("hi")])),
         ),
     )
     .await
@@ -165,7 +159,7 @@ async fn a_stream_without_credentials_is_rejected_before_any_message() {
 
 #[tokio::test]
 async fn a_client_timeout_layer_bounds_the_whole_stream() {
-    let srv = serve(Server::builder(), router()).await;
+    let srv = serve_with(Server::builder(), router()).await;
     let stack = ServiceBuilder::new()
         .layer(TimeoutLayer::new(Duration::from_millis(300)))
         .layer(CompressionLayer::client())
@@ -175,7 +169,7 @@ async fn a_client_timeout_layer_bounds_the_whole_stream() {
     let mut s = within(
         SOON,
         "open the stream",
-        client.server_streaming::<Msg, Msg>("s.S/Slow", Request::new(Msg::new("go"))),
+        client.server_streaming::<EchoMsg, EchoMsg>("s.S/Slow", Request::new(EchoMsg::new("go"))),
     )
     .await
     .expect("stream opens")

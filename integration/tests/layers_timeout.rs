@@ -2,50 +2,41 @@
 //! server narrows it to its own timeout and drops the handler when it passes,
 //! and the deadline covers a whole response stream.
 
-mod layers_common;
-
 use std::time::Duration;
 
 use futures_util::stream;
-use layers_common::{connect, serve, within, Msg, SOON};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 use trpc::server::{server_streaming, unary, Router, Server};
 use trpc::{Client, Code, Request, Response, Status};
+use trpc_integration::client::connect;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::probe::{Event, Probe};
+use trpc_integration::server::serve_with;
+use trpc_integration::{within, SOON};
 use trpc_layers::TimeoutLayer;
 
-/// Reports `true` when dropped unfinished.
-struct DropGuard(Option<mpsc::UnboundedSender<bool>>);
-
-impl Drop for DropGuard {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(true);
-        }
-    }
-}
-
-fn router(dropped: mpsc::UnboundedSender<bool>) -> Router {
+/// `d.Svc/Hang` reports to `probe` and never answers.
+fn router(probe: Probe) -> Router {
     // Replies with the time the handler has left, in whole milliseconds.
-    let remaining = |req: Request<Msg>| async move {
+    let remaining = |req: Request<EchoMsg>| async move {
         let left = req
             .time_remaining()
             .map_or("none".to_owned(), |d| d.as_millis().to_string());
-        Ok::<_, Status>(Response::new(Msg::new(left)))
+        Ok::<_, Status>(Response::new(EchoMsg::new(left)))
     };
-    let hang = move |_req: Request<Msg>| {
-        let guard = DropGuard(Some(dropped.clone()));
+    let hang = move |_req: Request<EchoMsg>| {
+        let guard = probe.enter();
         async move {
             std::future::pending::<()>().await;
-            drop(guard);
-            Ok::<_, Status>(Response::new(Msg::new("never")))
+            guard.finish();
+            Ok::<_, Status>(Response::new(EchoMsg::new("never")))
         }
     };
-    let ticks = |_req: Request<Msg>| async move {
+    let ticks = |_req: Request<EchoMsg>| async move {
         let ticks = stream::unfold(0u32, |n| async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            Some((Ok::<_, Status>(Msg::new(n.to_string())), n + 1))
+            Some((Ok::<_, Status>(EchoMsg::new(n.to_string())), n + 1))
         });
         Ok::<_, Status>(Response::new(ticks))
     };
@@ -57,17 +48,17 @@ fn router(dropped: mpsc::UnboundedSender<bool>) -> Router {
 
 #[tokio::test]
 async fn the_clients_deadline_reaches_the_handler() {
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let server = serve(Server::builder(), router(tx)).await;
+    let (probe, _events) = Probe::new();
+    let server = serve_with(Server::builder(), router(probe)).await;
     let mut client = Client::new(
         ServiceBuilder::new()
             .layer(TimeoutLayer::new(Duration::from_millis(800)))
             .service(connect(server.addr).await),
     );
-    let left: Msg = within(
+    let left: EchoMsg = within(
         SOON,
         "call",
-        client.unary_message("d.Svc/Remaining", Msg::new("")),
+        client.unary_message("d.Svc/Remaining", EchoMsg::new("")),
     )
     .await
     .unwrap();
@@ -78,10 +69,10 @@ async fn the_clients_deadline_reaches_the_handler() {
 
 #[tokio::test]
 async fn the_server_narrows_the_deadline_and_drops_the_handler_when_it_passes() {
-    let (tx, mut dropped) = mpsc::unbounded_channel();
-    let server = serve(
+    let (probe, mut events) = Probe::new();
+    let server = serve_with(
         Server::builder().layer(TimeoutLayer::new(Duration::from_millis(100))),
-        router(tx),
+        router(probe),
     )
     .await;
     let mut client = Client::new(
@@ -89,10 +80,10 @@ async fn the_server_narrows_the_deadline_and_drops_the_handler_when_it_passes() 
             .layer(TimeoutLayer::new(Duration::from_secs(30)))
             .service(connect(server.addr).await),
     );
-    let left: Msg = within(
+    let left: EchoMsg = within(
         SOON,
         "call",
-        client.unary_message("d.Svc/Remaining", Msg::new("")),
+        client.unary_message("d.Svc/Remaining", EchoMsg::new("")),
     )
     .await
     .unwrap();
@@ -106,7 +97,7 @@ async fn the_server_narrows_the_deadline_and_drops_the_handler_when_it_passes() 
     let err = within(
         SOON,
         "hanging call",
-        client.unary_message::<Msg, Msg>("d.Svc/Hang", Msg::new("")),
+        client.unary_message::<EchoMsg, EchoMsg>("d.Svc/Hang", EchoMsg::new("")),
     )
     .await
     .unwrap_err();
@@ -122,17 +113,15 @@ async fn the_server_narrows_the_deadline_and_drops_the_handler_when_it_passes() 
         "took {:?}",
         start.elapsed()
     );
-    assert_eq!(
-        within(SOON, "handler dropped", dropped.recv()).await,
-        Some(true)
-    );
+    events.expect(Event::Started, SOON).await;
+    events.expect(Event::Dropped, SOON).await;
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn over_a_channel_the_client_deadline_is_enforced_by_the_channel() {
-    let (tx, mut dropped) = mpsc::unbounded_channel();
-    let server = serve(Server::builder(), router(tx)).await;
+    let (probe, mut events) = Probe::new();
+    let server = serve_with(Server::builder(), router(probe)).await;
     let mut client = Client::new(
         ServiceBuilder::new()
             .layer(TimeoutLayer::new(Duration::from_millis(100)))
@@ -142,7 +131,7 @@ async fn over_a_channel_the_client_deadline_is_enforced_by_the_channel() {
     let err = within(
         SOON,
         "hanging call",
-        client.unary_message::<Msg, Msg>("d.Svc/Hang", Msg::new("")),
+        client.unary_message::<EchoMsg, EchoMsg>("d.Svc/Hang", EchoMsg::new("")),
     )
     .await
     .unwrap_err();
@@ -155,26 +144,24 @@ async fn over_a_channel_the_client_deadline_is_enforced_by_the_channel() {
         "deadline exceeded before the response arrived",
         "the layer timed the call"
     );
-    assert_eq!(
-        within(SOON, "handler dropped", dropped.recv()).await,
-        Some(true)
-    );
+    events.expect(Event::Started, SOON).await;
+    events.expect(Event::Dropped, SOON).await;
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_deadline_covers_the_whole_response_stream() {
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let server = serve(
+    let (probe, _events) = Probe::new();
+    let server = serve_with(
         Server::builder().layer(TimeoutLayer::new(Duration::from_millis(150))),
-        router(tx),
+        router(probe),
     )
     .await;
     let mut client = Client::new(connect(server.addr).await);
     let mut s = within(
         SOON,
         "call",
-        client.server_streaming::<Msg, Msg>("d.Svc/Ticks", Request::new(Msg::new(""))),
+        client.server_streaming::<EchoMsg, EchoMsg>("d.Svc/Ticks", Request::new(EchoMsg::new(""))),
     )
     .await
     .unwrap()

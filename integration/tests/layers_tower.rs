@@ -2,13 +2,10 @@
 //! Timeout) mixed with trpc layers, before and after them, in client and server
 //! stacks; their errors reach the caller as the right status.
 
-mod layers_common;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use layers_common::{connect, sample, serve, within, Msg, SOON};
 use prometheus::Registry;
 use tokio::sync::{mpsc, Notify};
 use tower::buffer::{Buffer, BufferLayer};
@@ -18,6 +15,11 @@ use tower::timeout::TimeoutLayer as TowerTimeoutLayer;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use trpc::server::{unary, Router, Server};
 use trpc::{Body, Client, Code, Request, Response, Status};
+use trpc_integration::client::connect;
+use trpc_integration::http::{sample, scrape};
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve_with;
+use trpc_integration::{within, SOON};
 use trpc_layers::auth::{Identity, StaticKeys};
 use trpc_layers::retry::Attempts;
 use trpc_layers::{
@@ -27,8 +29,9 @@ use trpc_layers::{
 /// `t.Svc/Say` echoes; `t.Svc/Wait` waits for `release` (reporting on
 /// `started`); `t.Svc/Sleep` sleeps the given milliseconds.
 fn router(started: mpsc::UnboundedSender<()>, release: Arc<Notify>) -> Router {
-    let say = |req: Request<Msg>| async move { Ok::<_, Status>(Response::new(req.into_inner())) };
-    let wait = move |req: Request<Msg>| {
+    let say =
+        |req: Request<EchoMsg>| async move { Ok::<_, Status>(Response::new(req.into_inner())) };
+    let wait = move |req: Request<EchoMsg>| {
         let (started, release) = (started.clone(), release.clone());
         async move {
             let _ = started.send(());
@@ -36,7 +39,7 @@ fn router(started: mpsc::UnboundedSender<()>, release: Arc<Notify>) -> Router {
             Ok::<_, Status>(Response::new(req.into_inner()))
         }
     };
-    let sleep = |req: Request<Msg>| async move {
+    let sleep = |req: Request<EchoMsg>| async move {
         let ms = req.get_ref().message.parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok::<_, Status>(Response::new(req.into_inner()))
@@ -54,7 +57,7 @@ fn plain_router() -> Router {
 #[tokio::test]
 async fn client_rate_limit_behind_load_shed_and_trpc_layers_is_resource_exhausted() {
     let keys = StaticKeys::new().bearer("t", Identity::new("me"));
-    let server = serve(
+    let server = serve_with(
         Server::builder().layer(RequireAuthLayer::new(keys)),
         plain_router(),
     )
@@ -69,10 +72,10 @@ async fn client_rate_limit_behind_load_shed_and_trpc_layers_is_resource_exhauste
         .layer(AuthLayer::bearer("t"))
         .service(connect(server.addr).await);
     let mut client = Client::new(stack);
-    let ok: Msg = within(
+    let ok: EchoMsg = within(
         SOON,
         "first",
-        client.unary_message("t.Svc/Say", Msg::new("a")),
+        client.unary_message("t.Svc/Say", EchoMsg::new("a")),
     )
     .await
     .unwrap();
@@ -80,13 +83,13 @@ async fn client_rate_limit_behind_load_shed_and_trpc_layers_is_resource_exhauste
     let err = within(
         SOON,
         "second",
-        client.unary_message::<Msg, Msg>("t.Svc/Say", Msg::new("b")),
+        client.unary_message::<EchoMsg, EchoMsg>("t.Svc/Say", EchoMsg::new("b")),
     )
     .await
     .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert_eq!(err.message(), "load shed: service overloaded");
-    let text = layers_common_scrape(&registry);
+    let text = scrape(&registry);
     let calls = |code| {
         sample(
             &text,
@@ -103,20 +106,11 @@ async fn client_rate_limit_behind_load_shed_and_trpc_layers_is_resource_exhauste
     server.shutdown().await;
 }
 
-fn layers_common_scrape(registry: &Registry) -> String {
-    use prometheus::Encoder;
-    let mut buf = Vec::new();
-    prometheus::TextEncoder::new()
-        .encode(&registry.gather(), &mut buf)
-        .unwrap();
-    String::from_utf8(buf).unwrap()
-}
-
 #[tokio::test]
 async fn server_buffer_load_shed_and_rate_limit_around_trpc_auth_is_resource_exhausted() {
     let keys = StaticKeys::new().api_key("k", Identity::new("me"));
     // Buffer makes the (not Clone) RateLimit shareable by every connection.
-    let server = serve(
+    let server = serve_with(
         Server::builder()
             .layer(TraceLayer::server())
             .layer(BufferLayer::new(64))
@@ -135,7 +129,7 @@ async fn server_buffer_load_shed_and_rate_limit_around_trpc_auth_is_resource_exh
         let r = within(
             SOON,
             "call",
-            client.unary_message::<Msg, Msg>("t.Svc/Say", Msg::new(i.to_string())),
+            client.unary_message::<EchoMsg, EchoMsg>("t.Svc/Say", EchoMsg::new(i.to_string())),
         )
         .await;
         codes.push(r.map(|_| Code::Ok).unwrap_or_else(|e| e.code()));
@@ -148,7 +142,7 @@ async fn server_buffer_load_shed_and_rate_limit_around_trpc_auth_is_resource_exh
 async fn a_shed_call_is_retried_by_the_trpc_retry_layer_until_capacity_frees() {
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let release = Arc::new(Notify::new());
-    let server = serve(Server::builder(), router(started_tx, release.clone())).await;
+    let server = serve_with(Server::builder(), router(started_tx, release.clone())).await;
     let (shed_tx, mut shed) = mpsc::unbounded_channel();
     // trpc retry outside tower's load shed and concurrency limit.
     let stack = ServiceBuilder::new()
@@ -171,12 +165,12 @@ async fn a_shed_call_is_retried_by_the_trpc_retry_layer_until_capacity_frees() {
         .service(connect(server.addr).await);
     let mut first_client = Client::new(stack.clone());
     let mut second_client = Client::new(stack);
-    let first = first_client.unary_message::<Msg, Msg>("t.Svc/Wait", Msg::new("first"));
+    let first = first_client.unary_message::<EchoMsg, EchoMsg>("t.Svc/Wait", EchoMsg::new("first"));
     let second = async {
         // Only once the first call holds the one slot.
         started.recv().await;
         second_client
-            .unary::<Msg, Msg>("t.Svc/Say", Request::new(Msg::new("second")))
+            .unary::<EchoMsg, EchoMsg>("t.Svc/Say", Request::new(EchoMsg::new("second")))
             .await
     };
     let control = async {
@@ -203,7 +197,7 @@ async fn a_shed_call_is_retried_by_the_trpc_retry_layer_until_capacity_frees() {
 #[tokio::test]
 async fn a_tower_timeout_inside_trpc_server_layers_is_deadline_exceeded_and_counted() {
     let registry = Registry::new();
-    let server = serve(
+    let server = serve_with(
         Server::builder()
             .layer(TraceLayer::server())
             .layer(MetricsLayer::server(&registry).unwrap())
@@ -215,12 +209,12 @@ async fn a_tower_timeout_inside_trpc_server_layers_is_deadline_exceeded_and_coun
     let err = within(
         SOON,
         "slow call",
-        client.unary_message::<Msg, Msg>("t.Svc/Sleep", Msg::new("5000")),
+        client.unary_message::<EchoMsg, EchoMsg>("t.Svc/Sleep", EchoMsg::new("5000")),
     )
     .await
     .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
-    let text = layers_common_scrape(&registry);
+    let text = scrape(&registry);
     assert_eq!(
         sample(
             &text,
@@ -240,14 +234,14 @@ async fn a_tower_timeout_inside_trpc_server_layers_is_deadline_exceeded_and_coun
 async fn a_tower_timeout_outside_trpc_retry_bounds_the_whole_call() {
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
-    let down = move |_req: Request<Msg>| {
+    let down = move |_req: Request<EchoMsg>| {
         let c = c.clone();
         async move {
             c.fetch_add(1, Ordering::SeqCst);
-            Err::<Response<Msg>, _>(Status::unavailable("down"))
+            Err::<Response<EchoMsg>, _>(Status::unavailable("down"))
         }
     };
-    let server = serve(
+    let server = serve_with(
         Server::builder(),
         Router::new().route("t.Svc/Down", unary(down)),
     )
@@ -265,7 +259,7 @@ async fn a_tower_timeout_outside_trpc_retry_bounds_the_whole_call() {
     let err = within(
         SOON,
         "call",
-        client.unary_message::<Msg, Msg>("t.Svc/Down", Msg::new("")),
+        client.unary_message::<EchoMsg, EchoMsg>("t.Svc/Down", EchoMsg::new("")),
     )
     .await
     .unwrap_err();
@@ -276,7 +270,7 @@ async fn a_tower_timeout_outside_trpc_retry_bounds_the_whole_call() {
 
 #[tokio::test]
 async fn a_buffer_in_front_of_trpc_layers_is_shared_and_closed_is_unavailable() {
-    let server = serve(Server::builder(), plain_router()).await;
+    let server = serve_with(Server::builder(), plain_router()).await;
     let stack = ServiceBuilder::new()
         .layer(BufferLayer::new(16))
         .layer(TraceLayer::client())
@@ -288,7 +282,7 @@ async fn a_buffer_in_front_of_trpc_layers_is_shared_and_closed_is_unavailable() 
         let mut client = Client::new(stack.clone());
         tasks.push(tokio::spawn(async move {
             client
-                .unary_message::<Msg, Msg>("t.Svc/Say", Msg::new(i.to_string()))
+                .unary_message::<EchoMsg, EchoMsg>("t.Svc/Say", EchoMsg::new(i.to_string()))
                 .await
         }));
     }

@@ -2,35 +2,36 @@
 //! client's, also across a nested call (the logs are checked in
 //! `layers_trace_logs.rs`).
 
-mod layers_common;
-
-use layers_common::{connect, serve, within, Msg, SOON};
 use tower::ServiceBuilder;
 use trpc::server::{unary, Router, Server};
 use trpc::{Client, Request, Response, Status};
+use trpc_integration::client::connect;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve_with;
+use trpc_integration::{within, SOON};
 use trpc_layers::trace::TraceContext;
 use trpc_layers::TraceLayer;
 
 /// Replies with "trace_id parent_id" of the call as the handler sees it.
-fn whoami(req: Request<Msg>) -> Msg {
+fn whoami(req: Request<EchoMsg>) -> EchoMsg {
     let ctx = req
         .extensions()
         .get::<TraceContext>()
         .expect("TraceContext extension");
     let parent = ctx.parent_id().map(|p| p.to_string()).unwrap_or_default();
-    Msg::new(format!("{} {parent}", ctx.trace_id()))
+    EchoMsg::new(format!("{} {parent}", ctx.trace_id()))
 }
 
 fn leaf_router() -> Router {
     Router::new().route(
         "t.Leaf/WhoAmI",
-        unary(|req: Request<Msg>| async move { Ok::<_, Status>(Response::new(whoami(req))) }),
+        unary(|req: Request<EchoMsg>| async move { Ok::<_, Status>(Response::new(whoami(req))) }),
     )
 }
 
 #[tokio::test]
 async fn the_handler_sees_the_clients_trace_id() {
-    let server = serve(Server::builder().layer(TraceLayer::server()), leaf_router()).await;
+    let server = serve_with(Server::builder().layer(TraceLayer::server()), leaf_router()).await;
     let mut client = Client::new(
         ServiceBuilder::new()
             .layer(TraceLayer::client())
@@ -38,10 +39,10 @@ async fn the_handler_sees_the_clients_trace_id() {
     );
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let resp: Response<Msg> = within(
+        let resp: Response<EchoMsg> = within(
             SOON,
             "call",
-            client.unary("t.Leaf/WhoAmI", Request::new(Msg::new(""))),
+            client.unary("t.Leaf/WhoAmI", Request::new(EchoMsg::new(""))),
         )
         .await
         .unwrap();
@@ -60,9 +61,9 @@ async fn the_handler_sees_the_clients_trace_id() {
 
 #[tokio::test]
 async fn a_handler_calling_another_service_propagates_the_trace() {
-    let leaf = serve(Server::builder().layer(TraceLayer::server()), leaf_router()).await;
+    let leaf = serve_with(Server::builder().layer(TraceLayer::server()), leaf_router()).await;
     let leaf_addr = leaf.addr;
-    let middle = move |req: Request<Msg>| async move {
+    let middle = move |req: Request<EchoMsg>| async move {
         let own = whoami(req);
         // No plumbing: the client layer picks up the current call's context.
         let mut downstream = Client::new(
@@ -70,15 +71,15 @@ async fn a_handler_calling_another_service_propagates_the_trace() {
                 .layer(TraceLayer::client())
                 .service(connect(leaf_addr).await),
         );
-        let leaf: Msg = downstream
-            .unary_message("t.Leaf/WhoAmI", Msg::new(""))
+        let leaf: EchoMsg = downstream
+            .unary_message("t.Leaf/WhoAmI", EchoMsg::new(""))
             .await?;
-        Ok::<_, Status>(Response::new(Msg::new(format!(
+        Ok::<_, Status>(Response::new(EchoMsg::new(format!(
             "{}|{}",
             own.message, leaf.message
         ))))
     };
-    let server = serve(
+    let server = serve_with(
         Server::builder().layer(TraceLayer::server()),
         Router::new().route("t.Middle/Call", unary(middle)),
     )
@@ -88,10 +89,10 @@ async fn a_handler_calling_another_service_propagates_the_trace() {
             .layer(TraceLayer::client())
             .service(connect(server.addr).await),
     );
-    let resp: Response<Msg> = within(
+    let resp: Response<EchoMsg> = within(
         SOON,
         "nested call",
-        client.unary("t.Middle/Call", Request::new(Msg::new(""))),
+        client.unary("t.Middle/Call", Request::new(EchoMsg::new(""))),
     )
     .await
     .unwrap();

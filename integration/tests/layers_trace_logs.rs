@@ -5,22 +5,25 @@
 //! and tracing caches per-callsite interest globally, so other tests hitting
 //! the same callsites on other threads at the same time could disable them.
 
-mod layers_common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use layers_common::{connect, serve, within, Msg, SOON};
 use tower::ServiceBuilder;
 use trpc::server::{unary, Router, Server};
 use trpc::{Client, Request, Response, Status};
+use trpc_integration::client::connect;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve_with;
+use trpc_integration::{within, SOON};
 use trpc_layers::trace::TraceContext;
 use trpc_layers::TraceLayer;
 
 fn leaf_router() -> Router {
     Router::new().route(
         "t.Leaf/WhoAmI",
-        unary(|req: Request<Msg>| async move { Ok::<_, Status>(Response::new(req.into_inner())) }),
+        unary(
+            |req: Request<EchoMsg>| async move { Ok::<_, Status>(Response::new(req.into_inner())) },
+        ),
     )
 }
 
@@ -52,16 +55,16 @@ async fn both_sides_log_the_call_as_json_with_the_same_trace_id() {
     let _guard = tracing::subscriber::set_default(subscriber);
     tracing::callsite::rebuild_interest_cache();
 
-    let server = serve(Server::builder().layer(TraceLayer::server()), leaf_router()).await;
+    let server = serve_with(Server::builder().layer(TraceLayer::server()), leaf_router()).await;
     let mut client = Client::new(
         ServiceBuilder::new()
             .layer(TraceLayer::client())
             .service(connect(server.addr).await),
     );
-    let resp: Response<Msg> = within(
+    let resp: Response<EchoMsg> = within(
         SOON,
         "call",
-        client.unary("t.Leaf/WhoAmI", Request::new(Msg::new(""))),
+        client.unary("t.Leaf/WhoAmI", Request::new(EchoMsg::new(""))),
     )
     .await
     .unwrap();

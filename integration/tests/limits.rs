@@ -3,24 +3,22 @@
 //! RESOURCE_EXHAUSTED for that call only, and absurd length claims do not hurt
 //! the server.
 
-mod common;
-
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::io::AsyncWriteExt;
-use tokio_util::codec::{Decoder, Encoder};
+use bytes::BytesMut;
 use trpc::codec::Proto;
-use trpc::frame::{put_header, Decoded, Flags, Frame, FrameCodec, FrameType, Settings};
+use trpc::frame::{put_header, Flags, FrameType, Settings};
 use trpc::server::{unary, Router, Server};
 use trpc::stats::TransportStats;
 use trpc::{Client, Code, Request, Response, Status};
 
-use common::{
-    connect, echo_router, endpoint, listener, metadata_block, pattern, serve, serve_with,
-    unary_request, within, Ask, Blob, EchoMsg, RawClient, SOON,
-};
+use trpc_integration::client::{connect, endpoint};
+use trpc_integration::fake_server::FakeServer;
+use trpc_integration::frames::{metadata_block, reply, unary_request};
+use trpc_integration::messages::{pattern, Ask, Blob, EchoMsg};
+use trpc_integration::peer::Peer;
+use trpc_integration::server::{echo_router, serve, serve_with};
+use trpc_integration::{within, SOON};
 
 const MIB: usize = 1 << 20;
 
@@ -135,8 +133,8 @@ async fn request_over_the_server_limit_fails_locally_and_sends_nothing() {
 #[tokio::test]
 async fn oversized_request_frame_fails_its_stream_and_the_connection_serves_on() {
     let server = serve(blob_router()).await;
-    let mut raw = RawClient::connect(server.addr).await;
-    let settings = raw.handshake().await;
+    let mut raw = Peer::connect(server.addr).await;
+    let settings = raw.exchange_settings().await;
     assert_eq!(settings.max_message_size, Some(4 << 20));
 
     // Stream 1: a HEADERS frame whose payload is one byte over the limit.
@@ -147,7 +145,7 @@ async fn oversized_request_frame_fails_its_stream_and_the_connection_serves_on()
         vec![7u8; 4 * MIB + 1],
     );
     raw.send(&big).await;
-    let r = raw.next_response().await;
+    let r = raw.response().await;
     assert_eq!(r.stream_id, 1);
     assert_eq!(r.status, Code::ResourceExhausted as u32, "{}", r.message);
     assert!(r.message.contains("exceeds"), "{}", r.message);
@@ -156,7 +154,7 @@ async fn oversized_request_frame_fails_its_stream_and_the_connection_serves_on()
     let body = serde_json::to_vec(&EchoMsg::new("still here")).expect("json");
     raw.send(&unary_request(3, "echo.Echo/Say", &[], body))
         .await;
-    let r = raw.next_response().await;
+    let r = raw.response().await;
     assert_eq!((r.stream_id, r.status), (3, 0), "{}", r.message);
     let reply: EchoMsg = serde_json::from_slice(&r.payload).expect("json");
     assert_eq!(reply.message, "still here");
@@ -166,8 +164,8 @@ async fn oversized_request_frame_fails_its_stream_and_the_connection_serves_on()
 #[tokio::test]
 async fn oversized_request_metadata_fails_its_stream_and_the_connection_serves_on() {
     let server = serve(echo_router()).await;
-    let mut raw = RawClient::connect(server.addr).await;
-    let settings = raw.handshake().await;
+    let mut raw = Peer::connect(server.addr).await;
+    let settings = raw.exchange_settings().await;
     assert_eq!(settings.max_metadata_size, Some(16 << 10));
 
     let big_value = vec![b'v'; 20 << 10];
@@ -179,13 +177,13 @@ async fn oversized_request_metadata_fails_its_stream_and_the_connection_serves_o
         body.clone(),
     ))
     .await;
-    let r = raw.next_response().await;
+    let r = raw.response().await;
     assert_eq!(r.stream_id, 1);
     assert_eq!(r.status, Code::ResourceExhausted as u32, "{}", r.message);
 
     raw.send(&unary_request(3, "echo.Echo/Say", &[], body))
         .await;
-    let r = raw.next_response().await;
+    let r = raw.response().await;
     assert_eq!((r.stream_id, r.status), (3, 0), "{}", r.message);
     server.shutdown().await;
 }
@@ -230,91 +228,56 @@ async fn response_over_the_client_limit_is_resource_exhausted_and_the_channel_wo
     server.shutdown().await;
 }
 
-/// A fake server that ignores the client's announced limit: it answers the
-/// first call with a 5 MiB message and echoes every later call.
-async fn serve_oversized_first_answer(listener: tokio::net::TcpListener) {
-    let (mut tcp, _) = listener.accept().await.expect("accept");
-    let mut codec = FrameCodec::new();
-    let mut rbuf = BytesMut::new();
-    let mut out = BytesMut::new();
-    Settings {
-        max_message_size: Some(64 << 20),
-        ..Settings::default()
-    }
-    .encode(&mut out);
-    tcp.write_all(&out).await.expect("write settings");
-    let mut first = true;
-    loop {
-        let frame = loop {
-            if let Some(d) = codec.decode(&mut rbuf).expect("decode") {
-                break d;
-            }
-            if tcp.read_buf(&mut rbuf).await.expect("read") == 0 {
-                return;
-            }
-        };
-        let Decoded::Frame(f) = frame else { continue };
-        if f.frame_type() != Some(FrameType::Headers) {
-            continue;
-        }
-        let payload = if first {
-            first = false;
-            Bytes::from(vec![1u8; 5 * MIB])
-        } else {
-            f.payload.clone()
-        };
-        let mut out = BytesMut::new();
-        FrameCodec::new()
-            .max_message(64 * MIB)
-            .encode(
-                Frame::new(
-                    FrameType::Headers,
-                    Flags::MESSAGE.with(Flags::END_STREAM),
-                    f.stream_id(),
-                    metadata_block(&[(":status", b"0")]),
-                    payload,
-                ),
-                &mut out,
-            )
-            .expect("encode");
-        tcp.write_all(&out).await.expect("write answer");
-    }
-}
-
 #[tokio::test]
 async fn oversized_response_frame_fails_only_its_call_on_the_client() {
-    let listener = listener().await;
-    let addr = listener.local_addr().expect("addr");
-    let fake = tokio::spawn(serve_oversized_first_answer(listener));
-    let channel = connect(addr).await;
+    // A fake server that ignores the client's announced limit: it answers the
+    // first call with a 5 MiB message and echoes the next.
+    let fake = FakeServer::bind().await;
+    let settings = Settings {
+        max_message_size: Some(64 << 20),
+        ..Settings::default()
+    };
+    let (channel, mut conn) = fake.connect_with(fake.endpoint(), settings).await;
     let mut client = Client::new(channel.clone());
 
-    let err = within(
-        SOON,
-        "oversized answer",
-        client.unary_message::<_, EchoMsg>("echo.Echo/Say", EchoMsg::new("first")),
-    )
-    .await
-    .expect_err("a 5 MiB answer is over the client's 4 MiB limit");
+    let first = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            client
+                .unary_message::<_, EchoMsg>("echo.Echo/Say", EchoMsg::new("first"))
+                .await
+        }
+    });
+    let req = conn.request().await;
+    conn.send(&reply(req.stream_id, Code::Ok, &vec![1u8; 5 * MIB]))
+        .await;
+    let err = within(SOON, "oversized answer", first)
+        .await
+        .expect("call task")
+        .expect_err("a 5 MiB answer is over the client's 4 MiB limit");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 
-    let reply: EchoMsg = within(
-        SOON,
-        "next call",
-        client.unary_message("echo.Echo/Say", EchoMsg::new("second")),
-    )
-    .await
-    .expect("the connection carries on after the oversized frame");
+    let second = tokio::spawn(async move {
+        client
+            .unary_message::<_, EchoMsg>("echo.Echo/Say", EchoMsg::new("second"))
+            .await
+    });
+    let req = conn.request().await;
+    conn.send(&reply(req.stream_id, Code::Ok, &req.payload))
+        .await;
+    let reply: EchoMsg = within(SOON, "next call", second)
+        .await
+        .expect("call task")
+        .expect("the connection carries on after the oversized frame");
     assert_eq!(reply.message, "second");
     assert_eq!(channel.connections(), 1);
-    fake.abort();
 }
 
 #[tokio::test]
 async fn length_claim_of_4_gib_does_not_hurt_the_server() {
     let server = serve(echo_router()).await;
-    let mut raw = RawClient::connect(server.addr).await;
-    raw.handshake().await;
+    let mut raw = Peer::connect(server.addr).await;
+    raw.exchange_settings().await;
 
     // A HEADERS frame claiming 0xFFFFFFFF payload bytes, followed by a trickle.
     let mut b = BytesMut::new();
@@ -330,7 +293,7 @@ async fn length_claim_of_4_gib_does_not_hurt_the_server() {
     b.extend_from_slice(&md);
     b.extend_from_slice(&[0u8; 4096]);
     raw.send(&b).await;
-    let r = raw.next_response().await;
+    let r = raw.response().await;
     assert_eq!(r.stream_id, 1);
     assert_eq!(r.status, Code::ResourceExhausted as u32, "{}", r.message);
 

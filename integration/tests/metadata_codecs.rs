@@ -1,14 +1,17 @@
 //! Context and serialisation end to end: text and binary metadata both ways,
 //! the peer address, and JSON/protobuf codecs on one route.
 
-mod common;
-
 use bytes::{Bytes, BytesMut};
 use trpc::codec::{Codec, Json, Proto};
 use trpc::server::{unary, Router};
 use trpc::{Client, Code, MetadataMap, Request, Response, Status};
 
-use common::{connect, serve, unary_request, within, EchoMsg, RawClient, SOON};
+use trpc_integration::client::connect;
+use trpc_integration::frames::unary_request;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::peer::Peer;
+use trpc_integration::server::serve;
+use trpc_integration::{within, SOON};
 
 /// What the handler saw, sent back to the test.
 #[derive(Clone, PartialEq, Eq, prost::Message, serde::Serialize, serde::Deserialize)]
@@ -125,13 +128,13 @@ async fn handler_sees_the_peer_address() {
     assert_ne!(peer.port(), server.addr.port());
 
     // Through a raw socket whose local address we know: exactly that address.
-    let mut raw = RawClient::connect(server.addr).await;
-    let local = raw.stream.local_addr().expect("local addr");
-    raw.handshake().await;
+    let mut raw = Peer::connect(server.addr).await;
+    let local = raw.io.local_addr().expect("local addr");
+    raw.exchange_settings().await;
     let body = serde_json::to_vec(&EchoMsg::new("x")).expect("json");
     raw.send(&unary_request(1, "meta.Meta/Inspect", &[], body))
         .await;
-    let r = raw.next_response().await;
+    let r = raw.response().await;
     assert_eq!(r.status, 0, "{}", r.message);
     let seen: Seen = serde_json::from_slice(&r.payload).expect("json");
     assert_eq!(seen.peer, local.to_string());
@@ -174,8 +177,8 @@ async fn one_route_serves_json_and_protobuf_clients() {
 async fn protobuf_on_the_wire_is_protobuf() {
     // A raw proto call: the payload is prost bytes and so is the answer.
     let server = serve(router()).await;
-    let mut raw = RawClient::connect(server.addr).await;
-    raw.handshake().await;
+    let mut raw = Peer::connect(server.addr).await;
+    raw.exchange_settings().await;
     let body = prost::Message::encode_to_vec(&EchoMsg::new("raw"));
     raw.send(&unary_request(
         1,
@@ -184,7 +187,7 @@ async fn protobuf_on_the_wire_is_protobuf() {
         body,
     ))
     .await;
-    let r = raw.next_response().await;
+    let r = raw.response().await;
     assert_eq!(r.status, 0, "{}", r.message);
     let reply: EchoMsg = prost::Message::decode(r.payload).expect("protobuf answer");
     assert_eq!(reply.message, "raw via proto");

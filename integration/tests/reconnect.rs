@@ -1,15 +1,15 @@
 //! Reconnect with backoff: a channel outlives a server restart on the same port.
 
-mod common;
-
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use trpc::server::Server;
 use trpc::{Client, Code};
 
-use common::{echo_router, endpoint, listener, serve_on, within, EchoMsg, SOON};
+use trpc_integration::client::endpoint;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::{echo_router, listener, rebind, serve_on};
+use trpc_integration::{within, SOON};
 
 async fn say(client: &mut Client<trpc::Channel>, text: &str) -> Result<EchoMsg, trpc::Status> {
     within(
@@ -17,22 +17,6 @@ async fn say(client: &mut Client<trpc::Channel>, text: &str) -> Result<EchoMsg, 
         "call",
         client.unary_message("echo.Echo/Say", EchoMsg::new(text)),
     )
-    .await
-}
-
-/// Binds `addr` again; the old server's sockets may linger briefly.
-async fn rebind(addr: std::net::SocketAddr) -> TcpListener {
-    within(SOON, "rebind the same port", async {
-        loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => return l,
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(e) => panic!("bind {addr}: {e}"),
-            }
-        }
-    })
     .await
 }
 

@@ -2,8 +2,6 @@
 //! state (`State` + `Router::with_state`) and per-route layers
 //! (`Router::route_layer`).
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +10,9 @@ use futures_util::StreamExt;
 use trpc::server::{server_streaming, unary, Router, State};
 use trpc::{Client, Code, Request, Response, Status};
 
-use common::{connect, serve, EchoMsg};
+use trpc_integration::client::connect;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::server::serve;
 
 #[derive(Clone, Default)]
 struct Counter {

@@ -2,8 +2,6 @@
 //! call either succeeds or fails UNAVAILABLE, and the server stops within its
 //! grace period; past the grace period it closes what is left.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +11,11 @@ use tokio::time::Instant;
 use trpc::server::{unary, Router, Server};
 use trpc::{Client, Code, Request, Response, Status};
 
-use common::{endpoint, serve_with, within, Ask, EchoMsg, Event, Probe, SOON};
+use trpc_integration::client::endpoint;
+use trpc_integration::messages::{Ask, EchoMsg};
+use trpc_integration::probe::{sleep_router, Event, Probe};
+use trpc_integration::server::serve_with;
+use trpc_integration::{within, SOON};
 
 const CLIENT_TASKS: usize = 24;
 const GRACE: Duration = Duration::from_secs(5);
@@ -123,18 +125,7 @@ async fn graceful_shutdown_under_load_loses_no_call() {
 #[tokio::test]
 async fn shutdown_closes_calls_still_running_after_the_grace_period() {
     let (probe, mut events) = Probe::new();
-    let router = Router::new().route(
-        "slow.Slow/Sleep",
-        unary(move |_req: Request<EchoMsg>| {
-            let probe = probe.clone();
-            async move {
-                let guard = probe.enter();
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                guard.finish();
-                Ok::<_, Status>(Response::new(EchoMsg::new("slept")))
-            }
-        }),
-    );
+    let router = sleep_router(probe);
     let grace = Duration::from_millis(300);
     let server = serve_with(Server::builder().shutdown_grace(grace), router).await;
     let mut client = Client::new(

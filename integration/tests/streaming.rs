@@ -2,26 +2,21 @@
 //! empty streams, errors with trailers, cancellation both ways, deadlines,
 //! flow control bounds, and unary calls beside a big stream.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{stream, Stream, StreamExt};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
 use tokio::time::timeout;
 use trpc::codec::{Json, Proto};
 use trpc::server::{bidi_streaming, client_streaming, server_streaming, unary, Router, Server};
 use trpc::stats::TransportStats;
-use trpc::{Channel, Client, Code, Endpoint, MetadataMap, Request, Response, Status, Streaming};
-
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
-struct Num {
-    #[prost(uint64, tag = "1")]
-    n: u64,
-}
+use trpc::{Client, Code, MetadataMap, Request, Response, Status, Streaming};
+use trpc_integration::client::{connect as channel, endpoint};
+use trpc_integration::messages::Num;
+use trpc_integration::probe::{count_router, Event, Events, Probe};
+use trpc_integration::server::{serve_with, TestServer};
 
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
 struct Chunk {
@@ -44,35 +39,9 @@ mod serde_bytes_compat {
 
 type NumStream = std::pin::Pin<Box<dyn Stream<Item = Result<Num, Status>> + Send>>;
 
-/// Sets a flag (and notifies) when dropped: proves a handler was cancelled.
-struct DropSignal(Option<oneshot::Sender<()>>);
-impl Drop for DropSignal {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-#[derive(Default)]
-struct Probes {
-    dropped: std::sync::Mutex<Option<oneshot::Sender<()>>>,
-    started: Notify,
-    produced: AtomicUsize,
-}
-
-impl Probes {
-    fn arm(&self) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        *self.dropped.lock().unwrap() = Some(tx);
-        rx
-    }
-    fn guard(&self) -> DropSignal {
-        DropSignal(self.dropped.lock().unwrap().take())
-    }
-}
-
-fn router(probes: Arc<Probes>) -> Router {
+/// `t.S/Forever` and `t.S/Drain` report to `probe`; `t.S/Download`
+/// counts the chunks it produced in `produced`.
+fn router(probe: Probe, produced: Arc<AtomicUsize>) -> Router {
     let both = (Json, Proto);
     // 0..count, with trailers.
     let range = |req: Request<Num>| async move {
@@ -120,32 +89,16 @@ fn router(probes: Arc<Probes>) -> Router {
         )])))
     };
     // Endless slow stream; reports when dropped.
-    let p = probes.clone();
+    let p = probe.clone();
     let forever = move |_req: Request<Num>| {
         let p = p.clone();
         async move {
-            let guard = p.guard();
-            p.started.notify_one();
+            let guard = p.enter();
             let s = stream::unfold((0u64, guard), |(n, g)| async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 Some((Ok(Num { n }), (n + 1, g)))
             });
             Ok::<_, Status>(Response::new(s))
-        }
-    };
-    // Reads the request stream until cancelled; reports when dropped.
-    let p = probes.clone();
-    let drain = move |req: Request<Streaming<Num>>| {
-        let p = p.clone();
-        async move {
-            let _guard = p.guard();
-            p.started.notify_one();
-            let mut s = req.into_inner();
-            let mut n = 0;
-            while s.message().await?.is_some() {
-                n += 1;
-            }
-            Ok::<_, Status>(Response::new(Num { n }))
         }
     };
     // Fails after two request messages while the client is still sending.
@@ -156,14 +109,13 @@ fn router(probes: Arc<Probes>) -> Router {
         Err::<Response<Num>, _>(Status::invalid_argument("two is enough"))
     };
     // Big lazy download: n chunks of 1 MiB.
-    let p = probes.clone();
     let download = move |req: Request<Num>| {
-        let p = p.clone();
+        let p = produced.clone();
         async move {
             let count = req.get_ref().n;
             let chunk = Bytes::from(vec![7u8; 1 << 20]);
             let s = stream::iter(0..count).map(move |_| {
-                p.produced.fetch_add(1, Ordering::SeqCst);
+                p.fetch_add(1, Ordering::SeqCst);
                 Ok(Chunk {
                     data: chunk.clone(),
                 })
@@ -192,49 +144,34 @@ fn router(probes: Arc<Probes>) -> Router {
         .route("t.S/FailMid", server_streaming(fail_mid).codec(both))
         .route("t.S/FailFirst", server_streaming(fail_first).codec(both))
         .route("t.S/Forever", server_streaming(forever).codec(both))
-        .route("t.S/Drain", client_streaming(drain).codec(both))
         .route("t.S/Reject", client_streaming(reject).codec(both))
         .route("t.S/Download", server_streaming(download).codec(Proto))
         .route("t.S/SlowUpload", client_streaming(slow_upload).codec(Proto))
         .route("t.S/Ping", unary(ping).codec(both))
+        // Reads the request stream until cancelled; reports when dropped.
+        .merge(count_router(probe, "t.S/Drain"))
 }
 
-struct TestServer {
-    addr: SocketAddr,
+/// A server of [`router`] with its counters and probe events.
+struct Srv {
+    server: TestServer,
     stats: Arc<TransportStats>,
-    probes: Arc<Probes>,
-    _stop: oneshot::Sender<()>,
+    events: Events,
+    produced: Arc<AtomicUsize>,
 }
 
-async fn start(configure: impl FnOnce(Server) -> Server) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+async fn start(configure: impl FnOnce(Server) -> Server) -> Srv {
     let stats = TransportStats::new();
-    let probes = Arc::new(Probes::default());
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (probe, events) = Probe::new();
+    let produced = Arc::new(AtomicUsize::new(0));
     let server = configure(Server::builder().transport_stats(stats.clone()));
-    let router = router(probes.clone());
-    tokio::spawn(async move {
-        server
-            .serve_with_listener(listener, router, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    TestServer {
-        addr,
+    let server = serve_with(server, router(probe, produced.clone())).await;
+    Srv {
+        server,
         stats,
-        probes,
-        _stop: stop,
+        events,
+        produced,
     }
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::new(format!("tcp://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -242,7 +179,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 #[tokio::test]
 async fn server_streaming_delivers_in_order_with_metadata_and_trailers_in_both_codecs() {
     let srv = start(|s| s).await;
-    let ch = channel(srv.addr).await;
+    let ch = channel(srv.server.addr).await;
     for proto in [false, true] {
         let resp = if proto {
             Client::with_codec(ch.clone(), Proto)
@@ -268,7 +205,7 @@ async fn server_streaming_delivers_in_order_with_metadata_and_trailers_in_both_c
 #[tokio::test]
 async fn client_streaming_sums_every_message_in_both_codecs() {
     let srv = start(|s| s).await;
-    let ch = channel(srv.addr).await;
+    let ch = channel(srv.server.addr).await;
     let nums = || stream::iter((1..=500).map(|n| Num { n }));
     let json: Response<Num> = Client::new(ch.clone())
         .client_streaming("t.S/Sum", Request::new(nums()))
@@ -286,7 +223,7 @@ async fn client_streaming_sums_every_message_in_both_codecs() {
 #[tokio::test]
 async fn bidi_streaming_echoes_in_order_while_the_client_is_still_sending() {
     let srv = start(|s| s).await;
-    let ch = channel(srv.addr).await;
+    let ch = channel(srv.server.addr).await;
     for proto in [false, true] {
         // The client sends one message at a time and waits for its echo, so
         // the two directions must really run concurrently.
@@ -326,7 +263,7 @@ fn tokio_stream_from<T: Send + 'static>(
 #[tokio::test]
 async fn empty_streams_work_both_ways() {
     let srv = start(|s| s).await;
-    let ch = channel(srv.addr).await;
+    let ch = channel(srv.server.addr).await;
     let mut client = Client::new(ch);
     let resp = client
         .server_streaming::<Num, Num>("t.S/Range", Request::new(Num { n: 0 }))
@@ -350,7 +287,7 @@ async fn empty_streams_work_both_ways() {
 #[tokio::test]
 async fn an_error_mid_stream_arrives_after_the_messages_with_its_trailers() {
     let srv = start(|s| s).await;
-    let mut client = Client::new(channel(srv.addr).await);
+    let mut client = Client::new(channel(srv.server.addr).await);
     let mut s = client
         .server_streaming::<Num, Num>("t.S/FailMid", Request::new(Num { n: 0 }))
         .await
@@ -375,45 +312,39 @@ async fn an_error_mid_stream_arrives_after_the_messages_with_its_trailers() {
 
 #[tokio::test]
 async fn dropping_the_response_stream_cancels_the_server_handler() {
-    let srv = start(|s| s).await;
-    let mut client = Client::new(channel(srv.addr).await);
-    let dropped = srv.probes.arm();
+    let mut srv = start(|s| s).await;
+    let mut client = Client::new(channel(srv.server.addr).await);
     let mut s = client
         .server_streaming::<Num, Num>("t.S/Forever", Request::new(Num { n: 0 }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(s.message().await.unwrap().unwrap().n, 0);
+    srv.events.expect(Event::Started, LIMIT).await;
     drop(s);
-    timeout(LIMIT, dropped)
-        .await
-        .expect("server stream not dropped after client cancel")
-        .unwrap();
+    // Panics if the server stream is not dropped after the client cancels.
+    srv.events.expect(Event::Dropped, LIMIT).await;
 }
 
 #[tokio::test]
 async fn dropping_a_client_streaming_call_cancels_the_server_handler() {
-    let srv = start(|s| s).await;
-    let ch = channel(srv.addr).await;
-    let dropped = srv.probes.arm();
-    let started = srv.probes.clone();
+    let mut srv = start(|s| s).await;
+    let ch = channel(srv.server.addr).await;
     let call = tokio::spawn(async move {
         Client::new(ch)
             .client_streaming::<Num, Num, _>("t.S/Drain", Request::new(stream::pending::<Num>()))
             .await
     });
-    timeout(LIMIT, started.started.notified()).await.unwrap();
+    srv.events.expect(Event::Started, LIMIT).await;
     call.abort();
-    timeout(LIMIT, dropped)
-        .await
-        .expect("handler not dropped after client cancel")
-        .unwrap();
+    // Panics if the handler is not dropped after the client cancels.
+    srv.events.expect(Event::Dropped, LIMIT).await;
 }
 
 #[tokio::test]
 async fn a_server_error_ends_the_call_while_the_client_is_still_sending() {
     let srv = start(|s| s).await;
-    let mut client = Client::new(channel(srv.addr).await);
+    let mut client = Client::new(channel(srv.server.addr).await);
     // An endless request stream: the server's error must end the call anyway.
     let endless = stream::iter(0..).map(|n| Num { n });
     let err = timeout(
@@ -435,9 +366,8 @@ async fn a_server_error_ends_the_call_while_the_client_is_still_sending() {
 
 #[tokio::test]
 async fn the_deadline_covers_the_whole_stream() {
-    let srv = start(|s| s).await;
-    let mut client = Client::new(channel(srv.addr).await);
-    let dropped = srv.probes.arm();
+    let mut srv = start(|s| s).await;
+    let mut client = Client::new(channel(srv.server.addr).await);
     let mut req = Request::new(Num { n: 0 });
     req.set_timeout(Duration::from_millis(300));
     let started = tokio::time::Instant::now();
@@ -457,10 +387,9 @@ async fn the_deadline_covers_the_whole_stream() {
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert!(received > 0, "some messages arrive before the deadline");
     assert!(started.elapsed() < Duration::from_secs(5));
-    timeout(LIMIT, dropped)
-        .await
-        .expect("server stream not dropped at the deadline")
-        .unwrap();
+    srv.events.expect(Event::Started, LIMIT).await;
+    // Panics if the server stream is not dropped at the deadline.
+    srv.events.expect(Event::Dropped, LIMIT).await;
 }
 
 const MIB: u64 = 1 << 20;
@@ -469,8 +398,7 @@ const MIB: u64 = 1 << 20;
 async fn a_slow_reader_bounds_the_senders_buffered_bytes_on_download() {
     let srv = start(|s| s).await;
     let client_stats = TransportStats::new();
-    let ch = Endpoint::new(format!("tcp://{}", srv.addr))
-        .unwrap()
+    let ch = endpoint(srv.server.addr)
         .transport_stats(client_stats.clone())
         .connect()
         .await
@@ -487,7 +415,7 @@ async fn a_slow_reader_bounds_the_senders_buffered_bytes_on_download() {
         assert_eq!(c.data.len() as u64, MIB);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let produced = srv.probes.produced.load(Ordering::SeqCst) as u64;
+    let produced = srv.produced.load(Ordering::SeqCst) as u64;
     let server_peak = srv.stats.write_buffered_peak();
     let client_peak = client_stats.recv_buffered_peak();
     drop(s);
@@ -506,8 +434,7 @@ async fn a_slow_reader_bounds_the_senders_buffered_bytes_on_download() {
 async fn a_slow_reader_bounds_the_senders_buffered_bytes_on_upload() {
     let srv = start(|s| s).await;
     let client_stats = TransportStats::new();
-    let ch = Endpoint::new(format!("tcp://{}", srv.addr))
-        .unwrap()
+    let ch = endpoint(srv.server.addr)
         .transport_stats(client_stats.clone())
         .connect()
         .await
@@ -546,7 +473,7 @@ async fn a_slow_reader_bounds_the_senders_buffered_bytes_on_upload() {
 #[tokio::test]
 async fn unary_calls_complete_while_a_big_stream_runs_on_the_same_connection() {
     let srv = start(|s| s).await;
-    let ch = channel(srv.addr).await;
+    let ch = channel(srv.server.addr).await;
     let mut streaming = Client::with_codec(ch.clone(), Proto);
     let mut s = streaming
         .server_streaming::<Num, Chunk>("t.S/Download", Request::new(Num { n: 1 << 20 }))
@@ -563,7 +490,7 @@ async fn unary_calls_complete_while_a_big_stream_runs_on_the_same_connection() {
     });
     // Wait until the stream is really flowing.
     let flowing = async {
-        while srv.probes.produced.load(Ordering::SeqCst) < 64 {
+        while srv.produced.load(Ordering::SeqCst) < 64 {
             tokio::task::yield_now().await;
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

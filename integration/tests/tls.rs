@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
+use tokio::net::TcpStream;
 use trpc::server::{unary, Router, Server};
 use trpc::tls::{ClientTlsConfig, ServerTlsConfig, TlsInfo};
-use trpc::{Client, Code, Endpoint, Request, Response, Status};
+use trpc::{Client, Code, Request, Response, Status};
+use trpc_integration::client::endpoint;
 use trpc_integration::pki::{CertPem, TestCa};
-
-const LIMIT: Duration = Duration::from_secs(10);
+use trpc_integration::server::{serve_with, TestServer};
+use trpc_integration::{within, SOON};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Who {
@@ -50,23 +50,17 @@ fn pki() -> Pki {
     Pki { ca, server }
 }
 
-async fn serve(server: Server) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server.serve_with_listener(listener, router(), std::future::pending()));
-    addr
-}
-
-async fn tls_server(pki: &Pki, mutual: bool) -> SocketAddr {
+async fn tls_server(pki: &Pki, mutual: bool) -> TestServer {
     let mut cfg = ServerTlsConfig::from_pem(&pki.server.cert, &pki.server.key).unwrap();
     if mutual {
         cfg = cfg.client_ca_pem(pki.ca.cert_pem()).unwrap();
     }
-    serve(
+    serve_with(
         Server::builder()
             .handshake_timeout(Duration::from_millis(500))
             .tls_config(cfg)
             .unwrap(),
+        router(),
     )
     .await
 }
@@ -83,7 +77,7 @@ fn client_tls(pki: &Pki, identity: Option<&CertPem>) -> ClientTlsConfig {
 }
 
 async fn whoami(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> Result<Who, Status> {
-    let mut ep = Endpoint::new(format!("tcp://{addr}"))?.connect_timeout(LIMIT);
+    let mut ep = endpoint(addr).connect_timeout(SOON);
     if let Some(tls) = tls {
         ep = ep.tls_config(tls)?;
     }
@@ -96,7 +90,8 @@ async fn whoami(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> Result<Who, S
 #[tokio::test]
 async fn tls_calls_work_and_negotiate_the_trpc_alpn() {
     let pki = pki();
-    let addr = tls_server(&pki, false).await;
+    let server = tls_server(&pki, false).await;
+    let addr = server.addr;
     let who = whoami(addr, Some(client_tls(&pki, None))).await.unwrap();
     assert_eq!(who.name, "anonymous");
     assert_eq!(who.alpn, "trpc/1");
@@ -105,7 +100,8 @@ async fn tls_calls_work_and_negotiate_the_trpc_alpn() {
 #[tokio::test]
 async fn mutual_tls_shows_the_client_identity_to_handlers() {
     let pki = pki();
-    let addr = tls_server(&pki, true).await;
+    let server = tls_server(&pki, true).await;
+    let addr = server.addr;
     let alice = pki.ca.client("alice.clients.example").unwrap();
     let who = whoami(addr, Some(client_tls(&pki, Some(&alice))))
         .await
@@ -126,7 +122,8 @@ fn assert_unavailable_with(result: Result<Who, Status>, needle: &str) {
 #[tokio::test]
 async fn a_plaintext_client_to_a_tls_server_is_told_tls_is_required() {
     let pki = pki();
-    let addr = tls_server(&pki, false).await;
+    let server = tls_server(&pki, false).await;
+    let addr = server.addr;
     assert_unavailable_with(whoami(addr, None).await, "requires TLS");
     whoami(addr, Some(client_tls(&pki, None))).await.unwrap();
 }
@@ -134,7 +131,8 @@ async fn a_plaintext_client_to_a_tls_server_is_told_tls_is_required() {
 #[tokio::test]
 async fn a_tls_client_to_a_plaintext_server_gets_a_clear_error() {
     let pki = pki();
-    let addr = serve(Server::builder()).await;
+    let server = serve_with(Server::builder(), router()).await;
+    let addr = server.addr;
     assert_unavailable_with(
         whoami(addr, Some(client_tls(&pki, None))).await,
         "is the server using TLS?",
@@ -144,7 +142,8 @@ async fn a_tls_client_to_a_plaintext_server_gets_a_clear_error() {
 #[tokio::test]
 async fn an_untrusted_server_certificate_is_rejected() {
     let pki = pki();
-    let addr = tls_server(&pki, false).await;
+    let server = tls_server(&pki, false).await;
+    let addr = server.addr;
     let other = TestCa::new("some other CA").unwrap();
     let tls = ClientTlsConfig::new()
         .ca_pem(other.cert_pem())
@@ -157,7 +156,8 @@ async fn an_untrusted_server_certificate_is_rejected() {
 #[tokio::test]
 async fn a_wrong_host_name_is_rejected() {
     let pki = pki();
-    let addr = tls_server(&pki, false).await;
+    let server = tls_server(&pki, false).await;
+    let addr = server.addr;
     let tls = ClientTlsConfig::new()
         .ca_pem(pki.ca.cert_pem())
         .unwrap()
@@ -172,7 +172,8 @@ async fn a_wrong_host_name_is_rejected() {
 #[tokio::test]
 async fn mutual_tls_rejects_a_client_without_a_certificate() {
     let pki = pki();
-    let addr = tls_server(&pki, true).await;
+    let server = tls_server(&pki, true).await;
+    let addr = server.addr;
     assert_unavailable_with(
         whoami(addr, Some(client_tls(&pki, None))).await,
         "client certificate",
@@ -198,17 +199,21 @@ async fn mutual_tls_rejects_a_client_without_a_certificate() {
 #[tokio::test]
 async fn a_client_that_never_finishes_the_tls_handshake_is_dropped() {
     let pki = pki();
-    let addr = tls_server(&pki, false).await;
+    let server = tls_server(&pki, false).await;
+    let addr = server.addr;
     let mut idle = TcpStream::connect(addr).await.unwrap();
     // Half a TLS record header, then silence.
     tokio::io::AsyncWriteExt::write_all(&mut idle, &[0x16, 0x03])
         .await
         .unwrap();
     let mut buf = [0u8; 64];
-    let n = timeout(LIMIT, idle.read(&mut buf))
-        .await
-        .expect("server kept a silent TLS client forever")
-        .unwrap_or(0);
+    let n = within(
+        SOON,
+        "the server drops a silent TLS client",
+        idle.read(&mut buf),
+    )
+    .await
+    .unwrap_or(0);
     assert_eq!(n, 0, "the server closes the connection");
     whoami(addr, Some(client_tls(&pki, None))).await.unwrap();
 }

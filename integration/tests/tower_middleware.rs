@@ -2,8 +2,6 @@
 //! status codes: load shedding is RESOURCE_EXHAUSTED, timeouts are
 //! DEADLINE_EXCEEDED.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +14,11 @@ use tower::ServiceBuilder;
 use trpc::server::{unary, Router, Server};
 use trpc::{Client, Code, Request, Response, Status};
 
-use common::{connect, serve, serve_with, within, EchoMsg, Event, Probe, SOON};
+use trpc_integration::client::connect;
+use trpc_integration::messages::EchoMsg;
+use trpc_integration::probe::{Event, Probe};
+use trpc_integration::server::{serve, serve_with};
+use trpc_integration::{within, SOON};
 
 /// `gate.Gate/Wait` waits until the test releases it; `gate.Gate/Quick`
 /// answers at once; `gate.Gate/Sleep` sleeps 30 s.
@@ -46,9 +48,7 @@ fn router(probe: Probe, release: Arc<Notify>) -> Router {
             unary(move |req: Request<EchoMsg>| {
                 let probe = sleep_probe.clone();
                 async move {
-                    let guard = probe.enter();
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    guard.finish();
+                    probe.sleep(Duration::from_secs(30)).await;
                     Ok::<_, Status>(Response::new(req.into_inner()))
                 }
             }),

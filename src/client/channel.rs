@@ -48,6 +48,9 @@ struct Pool {
     slots: Box<[Mutex<Slot>]>,
     next: AtomicUsize,
     changed: Notify,
+    /// False for a channel over one given connection
+    /// ([`Endpoint::connect_with_io`]): nothing to reconnect to.
+    reconnect: bool,
 }
 
 enum Slot {
@@ -93,6 +96,12 @@ impl Pool {
             let mut slot = lock(&self.slots[i]);
             let failures = match &mut *slot {
                 Slot::Ready(c) if c.is_usable() => return Pick::Conn(c.clone()),
+                Slot::Ready(_) if !self.reconnect => {
+                    failure = Some(Status::unavailable(
+                        "connection closed (this channel does not reconnect)",
+                    ));
+                    continue;
+                }
                 Slot::Ready(_) => 0,
                 Slot::Empty { failures } => *failures,
                 Slot::Connecting { .. } => {
@@ -198,12 +207,23 @@ impl Channel {
         let slots = (0..n)
             .map(|_| Mutex::new(Slot::Empty { failures: 0 }))
             .collect();
+        Channel::with_slots(endpoint, slots, true)
+    }
+
+    /// A channel over `conn` alone, which it never replaces.
+    pub(crate) fn with_conn(endpoint: Endpoint, conn: Arc<Conn>) -> Channel {
+        let slots = Box::new([Mutex::new(Slot::Ready(conn))]);
+        Channel::with_slots(endpoint, slots, false)
+    }
+
+    fn with_slots(endpoint: Endpoint, slots: Box<[Mutex<Slot>]>, reconnect: bool) -> Channel {
         Channel {
             transport: Transport::Trpc(Arc::new(Pool {
                 endpoint,
                 slots,
                 next: AtomicUsize::new(0),
                 changed: Notify::new(),
+                reconnect,
             })),
         }
     }

@@ -298,6 +298,35 @@ impl Endpoint {
         Channel::new(self)
     }
 
+    /// A channel over one connection that is already open: `io` (an
+    /// in-memory pipe, for paused-time tests and fuzzing). The SETTINGS
+    /// handshake is bounded by the connect timeout. The channel never
+    /// reconnects: once that connection ends, calls fail with `Unavailable`.
+    #[doc(hidden)]
+    pub async fn connect_with_io<IO>(self, io: IO) -> Result<Channel, Status>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        // For logs and messages: the address if the endpoint names one.
+        let peer = format!("{}:{}", self.host, self.port)
+            .parse()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], self.port)));
+        let timeout = self.config.connect_timeout;
+        let handshake = connect::handshake(io, &self.config, peer);
+        let (io, settings, rbuf) = match tokio::time::timeout(timeout, handshake).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "handshake with {} timed out after {}",
+                    self.uri,
+                    crate::util::fmt_duration(timeout)
+                )))
+            }
+        };
+        let conn = connect::spawn(io, peer, settings, rbuf, &self.config);
+        Ok(Channel::with_conn(self, conn))
+    }
+
     /// Opens one connection (resolve, connect, handshake), bounded by the
     /// connect timeout.
     pub(crate) async fn connect_one(&self) -> Result<Arc<Conn>, Status> {

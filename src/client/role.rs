@@ -60,6 +60,17 @@ impl ClientRole {
     }
 }
 
+/// True when no call on the connection is still open: every stream left is
+/// closed with its response waiting for its caller to take it (a response
+/// that arrived stays the caller's even after the connection ends). The
+/// connection task sees this without being woken when a caller takes the
+/// last response.
+fn no_open_calls(st: &State<ClientStream>) -> bool {
+    st.streams
+        .values()
+        .all(|s| s.state == StreamState::Closed && matches!(s.ext.response, Resp::Ready(_)))
+}
+
 /// The outcome of a response that ended in its HEADERS frame.
 fn finish(head: ResponseHead, message: Option<Payload>) -> Result<Response<Body>, Status> {
     match head.code {
@@ -347,7 +358,7 @@ impl Role for ClientRole {
         if c.closed_by_client {
             return Some(Exit::Graceful("closed by the client"));
         }
-        let idle = st.streams.is_empty();
+        let idle = no_open_calls(st);
         match (idle, self.idle_since) {
             (true, None) => self.idle_since = Some(Instant::now()),
             (false, Some(_)) => self.idle_since = None,
@@ -381,7 +392,7 @@ impl Role for ClientRole {
 
     fn on_timer(&mut self, st: &mut State<ClientStream>, now: Instant) -> Result<(), ConnError> {
         if let (Some(since), Some(t)) = (self.idle_since, self.idle_timeout) {
-            if st.streams.is_empty() && now >= since + t {
+            if no_open_calls(st) && now >= since + t {
                 self.idle_exit = true;
                 self.shared.set_unusable();
             }

@@ -1,9 +1,7 @@
-//! A raw HTTP/2 peer for tests that must send what no well-behaved client
+//! A raw HTTP/2 peer for tests (gRPC) that must send what no well-behaved client
 //! would: frames are built by hand (RFC 9113 §4.1: u24 length, type, flags,
 //! u32 stream id) and header blocks with HPACK literals (RFC 7541 §6.2.2,
 //! no Huffman), so floods and oversized blocks are exactly what they say.
-
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,45 +11,68 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-pub(crate) const DATA: u8 = 0;
-pub(crate) const HEADERS: u8 = 1;
-pub(crate) const RST_STREAM: u8 = 3;
-pub(crate) const SETTINGS: u8 = 4;
-pub(crate) const PING: u8 = 6;
-pub(crate) const GOAWAY: u8 = 7;
-pub(crate) const WINDOW_UPDATE: u8 = 8;
-pub(crate) const CONTINUATION: u8 = 9;
+/// Frame type DATA.
+pub const DATA: u8 = 0;
+/// Frame type HEADERS.
+pub const HEADERS: u8 = 1;
+/// Frame type RST_STREAM.
+pub const RST_STREAM: u8 = 3;
+/// Frame type SETTINGS.
+pub const SETTINGS: u8 = 4;
+/// Frame type PING.
+pub const PING: u8 = 6;
+/// Frame type GOAWAY.
+pub const GOAWAY: u8 = 7;
+/// Frame type WINDOW_UPDATE.
+pub const WINDOW_UPDATE: u8 = 8;
+/// Frame type CONTINUATION.
+pub const CONTINUATION: u8 = 9;
 
-pub(crate) const END_STREAM: u8 = 0x1;
-pub(crate) const ACK: u8 = 0x1;
-pub(crate) const END_HEADERS: u8 = 0x4;
+/// Flag END_STREAM.
+pub const END_STREAM: u8 = 0x1;
+/// Flag ACK (SETTINGS, PING).
+pub const ACK: u8 = 0x1;
+/// Flag END_HEADERS.
+pub const END_HEADERS: u8 = 0x4;
 
-/// HTTP/2 error codes used in assertions.
-pub(crate) const CANCEL: u32 = 0x8;
-pub(crate) const REFUSED_STREAM: u32 = 0x7;
-pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
+// HTTP/2 error codes used in assertions.
+
+/// Error code CANCEL.
+pub const CANCEL: u32 = 0x8;
+/// Error code REFUSED_STREAM.
+pub const REFUSED_STREAM: u32 = 0x7;
+/// Error code ENHANCE_YOUR_CALM.
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// A frame as read from the server.
 #[derive(Debug, Clone)]
-pub(crate) struct RawFrame {
-    pub(crate) kind: u8,
-    pub(crate) flags: u8,
-    pub(crate) stream: u32,
-    pub(crate) payload: Bytes,
+pub struct RawFrame {
+    /// The frame type.
+    pub kind: u8,
+    /// The flags.
+    pub flags: u8,
+    /// The stream id.
+    pub stream: u32,
+    /// The payload.
+    pub payload: Bytes,
 }
 
 /// A GOAWAY frame's fields.
 #[derive(Debug, Clone)]
-pub(crate) struct GoAway {
-    pub(crate) last_stream: u32,
-    pub(crate) error_code: u32,
-    pub(crate) debug: Bytes,
+pub struct GoAway {
+    /// The last stream id.
+    pub last_stream: u32,
+    /// The error code.
+    pub error_code: u32,
+    /// The debug data.
+    pub debug: Bytes,
 }
 
 /// Appends a frame.
-pub(crate) fn frame(out: &mut BytesMut, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+pub fn frame(out: &mut BytesMut, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     let len = payload.len() as u32;
     out.put_slice(&len.to_be_bytes()[1..]);
     out.put_u8(kind);
@@ -77,7 +98,7 @@ fn hpack_int(out: &mut Vec<u8>, first: u8, n: u8, mut v: usize) {
 }
 
 /// A header field as a literal without indexing, new name (RFC 7541 §6.2.2).
-pub(crate) fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+pub fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.push(0x00);
     hpack_int(out, 0, 7, name.len());
     out.extend_from_slice(name.as_bytes());
@@ -86,7 +107,7 @@ pub(crate) fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 /// The header block of a gRPC call to `path`.
-pub(crate) fn grpc_request(path: &str) -> Vec<u8> {
+pub fn grpc_request(path: &str) -> Vec<u8> {
     let mut b = Vec::new();
     for (k, v) in [
         (":method", "POST"),
@@ -102,7 +123,7 @@ pub(crate) fn grpc_request(path: &str) -> Vec<u8> {
 }
 
 /// A length-prefixed gRPC message.
-pub(crate) fn grpc_message(payload: &[u8]) -> Vec<u8> {
+pub fn grpc_message(payload: &[u8]) -> Vec<u8> {
     let mut m = vec![0u8];
     m.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     m.extend_from_slice(payload);
@@ -110,13 +131,16 @@ pub(crate) fn grpc_message(payload: &[u8]) -> Vec<u8> {
 }
 
 /// A raw connection to an HTTP/2 server.
-pub(crate) struct H2Peer {
-    pub(crate) tcp: TcpStream,
+#[derive(Debug)]
+pub struct H2Peer {
+    /// The socket.
+    pub tcp: TcpStream,
     rbuf: BytesMut,
 }
 
 impl H2Peer {
-    pub(crate) async fn connect(addr: SocketAddr) -> H2Peer {
+    /// Connects to `addr` (nothing sent).
+    pub async fn connect(addr: SocketAddr) -> H2Peer {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         tcp.set_nodelay(true).expect("nodelay");
         H2Peer {
@@ -126,12 +150,12 @@ impl H2Peer {
     }
 
     /// Sends raw bytes; false when the server has closed the connection.
-    pub(crate) async fn send(&mut self, bytes: &[u8]) -> bool {
+    pub async fn send(&mut self, bytes: &[u8]) -> bool {
         self.tcp.write_all(bytes).await.is_ok()
     }
 
     /// Sends the preface and an empty SETTINGS.
-    pub(crate) async fn handshake(&mut self) {
+    pub async fn handshake(&mut self) {
         let mut out = BytesMut::from(PREFACE);
         frame(&mut out, SETTINGS, 0, 0, &[]);
         assert!(self.send(&out).await, "send the preface");
@@ -139,7 +163,7 @@ impl H2Peer {
 
     /// Opens stream `id` with a gRPC call to `path` and one message, ending
     /// the request stream.
-    pub(crate) async fn call(&mut self, id: u32, path: &str, msg: &[u8]) -> bool {
+    pub async fn call(&mut self, id: u32, path: &str, msg: &[u8]) -> bool {
         let mut out = BytesMut::new();
         frame(&mut out, HEADERS, END_HEADERS, id, &grpc_request(path));
         frame(&mut out, DATA, END_STREAM, id, &grpc_message(msg));
@@ -147,7 +171,7 @@ impl H2Peer {
     }
 
     /// The next frame, `None` at EOF or when `deadline` passes.
-    pub(crate) async fn read_frame(&mut self, deadline: Instant) -> Option<RawFrame> {
+    pub async fn read_frame(&mut self, deadline: Instant) -> Option<RawFrame> {
         loop {
             if self.rbuf.len() >= 9 {
                 let len =
@@ -180,7 +204,7 @@ impl H2Peer {
     }
 
     /// Reads frames until a GOAWAY (panics at EOF or after 10 s without one).
-    pub(crate) async fn next_goaway(&mut self) -> GoAway {
+    pub async fn next_goaway(&mut self) -> GoAway {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match self.read_frame(deadline).await {
@@ -193,7 +217,7 @@ impl H2Peer {
 
     /// Reads until EOF or `limit`; returns the frames seen and whether the
     /// connection ended.
-    pub(crate) async fn drain(&mut self, limit: Duration) -> (Vec<RawFrame>, bool) {
+    pub async fn drain(&mut self, limit: Duration) -> (Vec<RawFrame>, bool) {
         let deadline = Instant::now() + limit;
         let mut frames = Vec::new();
         loop {
@@ -206,7 +230,7 @@ impl H2Peer {
 }
 
 /// The fields of a GOAWAY frame.
-pub(crate) fn goaway(f: &RawFrame) -> GoAway {
+pub fn goaway(f: &RawFrame) -> GoAway {
     let p = &f.payload;
     GoAway {
         last_stream: u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff,
@@ -216,20 +240,7 @@ pub(crate) fn goaway(f: &RawFrame) -> GoAway {
 }
 
 /// The error code of an RST_STREAM frame.
-pub(crate) fn rst_code(f: &RawFrame) -> u32 {
+pub fn rst_code(f: &RawFrame) -> u32 {
     let p = &f.payload;
     u32::from_be_bytes([p[0], p[1], p[2], p[3]])
-}
-
-/// This process's resident memory, in bytes (Linux).
-pub(crate) fn rss() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<usize>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }

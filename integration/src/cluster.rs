@@ -1,33 +1,32 @@
 //! Helpers of the discovery, balancing and failure tests: in-process
 //! replicas, a load generator that records who served each call, and waits.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::replica::Say;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::Service;
 use trpc::{Body, BoxError, Client, Request, Response, Status};
-use trpc_integration::replica::Say;
 use trpc_layers::balance::Balance;
 
-/// Bound for anything that should happen "soon" on a loaded 2-core machine.
-pub(crate) const SOON: Duration = Duration::from_secs(15);
+pub use crate::SOON;
 
 /// One call's record.
 #[derive(Clone, Debug)]
-pub(crate) struct Outcome {
-    pub(crate) started: Instant,
-    pub(crate) result: Result<String, Status>,
+pub struct Outcome {
+    /// When the call was sent.
+    pub started: Instant,
+    /// Who served it (`served-by`), or the error.
+    pub result: Result<String, Status>,
 }
 
 /// Calls `echo.Echo/Say` and returns who served it.
-pub(crate) async fn say<S>(svc: S, millis: u64) -> Result<String, Status>
+pub async fn say<S>(svc: S, millis: u64) -> Result<String, Status>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Into<BoxError>,
@@ -43,7 +42,7 @@ where
 }
 
 /// Tally of replies per `served-by`.
-pub(crate) fn tally<'a>(
+pub fn tally<'a>(
     results: impl IntoIterator<Item = &'a Result<String, Status>>,
 ) -> BTreeMap<String, usize> {
     let mut t = BTreeMap::new();
@@ -59,14 +58,17 @@ pub(crate) fn tally<'a>(
 
 /// `workers` tasks calling through clones of `svc` until stopped (or a
 /// bounded number of calls each).
-pub(crate) struct Load {
+#[derive(Debug)]
+pub struct Load {
     stop: Arc<AtomicBool>,
     outcomes: Arc<Mutex<Vec<Outcome>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Load {
-    pub(crate) fn start<S>(svc: S, workers: usize, millis: u64) -> Load
+    /// Starts `workers` tasks, each calling `echo.Echo/Say` (handlers that
+    /// take `millis`) back to back through its own clone of `svc`.
+    pub fn start<S>(svc: S, workers: usize, millis: u64) -> Load
     where
         S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
         S::Error: Into<BoxError>,
@@ -98,12 +100,12 @@ impl Load {
     }
 
     /// Calls completed so far.
-    pub(crate) fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.outcomes.lock().unwrap().len()
     }
 
     /// Waits until `n` more calls have completed.
-    pub(crate) async fn wait_for_more(&self, n: usize) {
+    pub async fn wait_for_more(&self, n: usize) {
         let target = self.count() + n;
         let deadline = Instant::now() + SOON;
         while self.count() < target {
@@ -117,7 +119,7 @@ impl Load {
     }
 
     /// Stops the workers and returns every outcome.
-    pub(crate) async fn finish(self) -> Vec<Outcome> {
+    pub async fn finish(self) -> Vec<Outcome> {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             tokio::time::timeout(SOON, t)
@@ -133,7 +135,7 @@ impl Load {
 }
 
 /// Asserts that no call failed, printing the tally otherwise.
-pub(crate) fn assert_no_failures(outcomes: &[Outcome]) {
+pub fn assert_no_failures(outcomes: &[Outcome]) {
     let failed: Vec<_> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     assert!(
         failed.is_empty(),
@@ -147,7 +149,7 @@ pub(crate) fn assert_no_failures(outcomes: &[Outcome]) {
 
 /// Waits until the balancer's endpoint set satisfies `f`; returns when it
 /// first did.
-pub(crate) async fn wait_endpoints(
+pub async fn wait_endpoints(
     balance: &Balance,
     what: &str,
     f: impl Fn(&[String]) -> bool,
@@ -170,12 +172,12 @@ pub(crate) async fn wait_endpoints(
 
 /// Serves the replica echo service (plus `extra` routes) in process on a
 /// fresh port.
-pub(crate) async fn in_process(
+pub async fn in_process(
     extra: Option<trpc::server::Router>,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut router = trpc_integration::replica::router(addr);
+    let mut router = crate::replica::router(addr);
     if let Some(extra) = extra {
         router = router.merge(extra);
     }
@@ -189,7 +191,7 @@ pub(crate) async fn in_process(
 }
 
 /// Calls through `svc` `n` times in sequence; the tally.
-pub(crate) async fn spread<S>(svc: &S, n: usize) -> BTreeMap<String, usize>
+pub async fn spread<S>(svc: &S, n: usize) -> BTreeMap<String, usize>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Clone,
     S::Error: Into<BoxError>,
