@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::limit::ConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::{Service, ServiceBuilder};
+use trpc::health::HealthReporter;
 use trpc::server::{unary, Router, Server};
 use trpc::stats::TransportStats;
 use trpc::{Body, BoxError, Client, Endpoint, Request, Response, Status};
@@ -116,6 +117,7 @@ fn router() -> Router {
 async fn run_server(
     listener: tokio::net::TcpListener,
     registry: &Registry,
+    health: HealthReporter,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BoxError> {
     let stats = TransportStats::new();
@@ -132,13 +134,18 @@ async fn run_server(
         .layer(
             RequireAuthLayer::new(keys)
                 .allow_anonymous("demo.Shop/Ping")
+                .allow_anonymous("grpc.health.v1.Health/*")
                 .require_scope("demo.Shop/Admin", "admin"),
         )
         .layer(CompressionLayer::server());
+    // grpc.health.v1.Health on the RPC port too; NOT_SERVING (and /readyz
+    // failing) as soon as the drain starts.
+    let router = router().merge(health.router());
     Server::builder()
         .transport_stats(stats)
+        .health(health)
         .layer(layers)
-        .serve_with_listener(listener, router(), shutdown)
+        .serve_with_listener(listener, router, shutdown)
         .await?;
     Ok(())
 }
@@ -261,8 +268,11 @@ async fn run_client(
     );
 
     if let Some(admin) = admin {
+        let ready = get(admin, "/readyz?verbose").await?;
+        println!("\n== GET /readyz?verbose (http://{admin}/readyz)");
+        print!("{}", ready.split("\r\n\r\n").nth(1).unwrap_or(&ready));
         println!("\n== a few lines of /metrics (http://{admin}/metrics)");
-        let text = scrape(admin).await?;
+        let text = get(admin, "/metrics").await?;
         for line in text.lines().filter(|l| {
             (l.starts_with("trpc_server_calls_total")
                 || l.starts_with("trpc_client_calls_total{code=\"OK\",method=\"demo.Shop/Flaky\"")
@@ -276,11 +286,11 @@ async fn run_client(
     Ok(())
 }
 
-/// `GET /metrics` from the admin server, over plain HTTP/1.1.
-async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
+/// `GET path` from the admin server, over plain HTTP/1.1 (the whole reply).
+async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await?;
     let mut buf = Vec::new();
     tcp.read_to_end(&mut buf).await?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
@@ -307,17 +317,19 @@ async fn main() -> Result<(), BoxError> {
     let demo = args.listen.is_none() && args.connect.is_none();
     init_logging(args.json, if demo { "warn" } else { "info" });
     let registry = Registry::new();
+    let health = HealthReporter::new();
     let admin_at = match (args.metrics, demo) {
         (Some(addr), _) => Some(addr),
         (None, true) => Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         (None, false) => None,
     };
     let admin = match admin_at {
-        // /metrics, /healthz and /readyz (admin::Admin takes health checks
-        // and pages of your own too).
+        // /metrics, /healthz and /readyz (ready while the server's health
+        // reporter says SERVING); admin::Admin takes pages of your own too.
         Some(addr) => Some(
             Admin::builder()
                 .metrics(registry.clone())
+                .readiness("server", health.clone())
                 .bind(addr)
                 .await?,
         ),
@@ -339,7 +351,7 @@ async fn main() -> Result<(), BoxError> {
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
     if !demo {
-        run_server(listener, &registry, trpc::server::shutdown_signal()).await?;
+        run_server(listener, &registry, health, trpc::server::shutdown_signal()).await?;
         println!("full_stack server stopped");
         return Ok(());
     }
@@ -347,7 +359,7 @@ async fn main() -> Result<(), BoxError> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server_registry = registry.clone();
     let server = tokio::spawn(async move {
-        run_server(listener, &server_registry, async {
+        run_server(listener, &server_registry, health, async {
             let _ = stopped.await;
         })
         .await

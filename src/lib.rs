@@ -79,3 +79,9 @@ pub use request::{Method, Protocol, Request, Response};
 pub use server::Server;
 pub use status::{BoxError, Code, Status};
 pub use stream::Streaming;
+
+/// The README's code blocks, compiled (and the runnable ones run) by
+/// `cargo test --doc`, so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

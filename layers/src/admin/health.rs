@@ -74,3 +74,22 @@ pub(crate) fn report(checks: &[Named], what: &str, verbose: bool) -> (bool, Stri
     };
     (healthy, body)
 }
+
+/// A server's [`HealthReporter`](trpc::health::HealthReporter) answers
+/// `/readyz` the way it answers `grpc.health.v1.Health/Check` for the whole
+/// server: ready while `""` is `SERVING`, not once the server drains.
+///
+/// ```
+/// use trpc::health::HealthReporter;
+/// use trpc_layers::admin::HealthCheck;
+///
+/// let health = HealthReporter::new();
+/// assert_eq!(health.check(), Ok(()));
+/// health.shutdown();
+/// assert_eq!(health.check(), Err("shutting down".to_string()));
+/// ```
+impl HealthCheck for trpc::health::HealthReporter {
+    fn check(&self) -> Result<(), String> {
+        self.readiness()
+    }
+}
