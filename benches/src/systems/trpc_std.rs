@@ -66,7 +66,12 @@ pub(crate) fn init_tracing(system: System) {
 
 /// Serves `system` (a trpc variant with layers) forever.
 pub(crate) async fn serve(system: System, listener: TcpListener) -> Result<(), String> {
-    let server = Server::builder().max_message_size(MAX_MESSAGE);
+    // BENCH_INLINE_HANDLERS=1: price the layers with handlers polled in the
+    // connection's task (`Server::inline_handlers`), as round 1 measured them.
+    let inline = std::env::var_os("BENCH_INLINE_HANDLERS").is_some_and(|v| v == "1");
+    let server = Server::builder()
+        .max_message_size(MAX_MESSAGE)
+        .inline_handlers(inline);
     let never = std::future::pending();
     let r = match system {
         System::TrpcTimeout => {
