@@ -189,7 +189,13 @@ async fn serve() -> TestServer {
 }
 
 async fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::new(format!("tcp://{addr}"))
+    channel_to(format!("tcp://{addr}")).await
+}
+
+/// A channel to `uri`: `tcp://` (native trpc) or `grpc://` (gRPC over
+/// HTTP/2); the same `Channel` type either way.
+async fn channel_to(uri: String) -> Channel {
+    Endpoint::new(uri)
         .expect("endpoint")
         .connect_timeout(SOON)
         .connect()
@@ -352,6 +358,20 @@ where
 async fn generated_client_and_server_interoperate_with_protobuf() {
     let server = serve().await;
     let client = KitchenClient::new(channel(server.addr).await);
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        exercise_every_method(client, "proto"),
+    )
+    .await
+    .expect("done in time");
+}
+
+#[tokio::test]
+async fn generated_client_and_server_interoperate_over_grpc() {
+    // The same server port answers gRPC; the generated client runs over a
+    // gRPC channel unchanged.
+    let server = serve().await;
+    let client = KitchenClient::new(channel_to(format!("grpc://{}", server.addr)).await);
     tokio::time::timeout(
         Duration::from_secs(60),
         exercise_every_method(client, "proto"),

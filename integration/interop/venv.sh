@@ -6,6 +6,7 @@ set -euo pipefail
 VENV="${TRPC_INTEROP_VENV:-$HOME/.cache/trpc-interop-venv}"
 PY="$VENV/bin/python"
 if ! "$PY" -c "import grpc, grpc_tools, grpc_health" >/dev/null 2>&1; then
+  mkdir -p "$(dirname "$VENV")"
   exec 9>"${VENV}.lock"
   flock 9
   if ! "$PY" -c "import grpc, grpc_tools, grpc_health" >/dev/null 2>&1; then

@@ -92,6 +92,30 @@ async fn lists_every_registered_service_and_itself() {
 }
 
 #[tokio::test]
+async fn reflection_answers_over_grpc_too() {
+    // The same server port answers gRPC: a reflection client over a gRPC
+    // channel (HTTP/2) sees the same services and files.
+    let server = serve().await;
+    let channel = Endpoint::new(format!("grpc://{}", server.addr))
+        .unwrap()
+        .connect_timeout(SOON)
+        .connect()
+        .await
+        .expect("connect over gRPC");
+    let mut client = ReflectionClient::new(channel);
+    let services = client.list_services().await.expect("list over gRPC");
+    assert!(
+        services.iter().any(|s| s == "kitchen.v1.Kitchen"),
+        "{services:?}"
+    );
+    let files = client
+        .file_containing_symbol("kitchen.v1.Kitchen")
+        .await
+        .expect("file over gRPC");
+    assert!(!files.is_empty());
+}
+
+#[tokio::test]
 async fn answers_file_containing_symbol_with_the_file_and_its_imports() {
     let server = serve().await;
     let mut client = ReflectionClient::new(channel(server.addr).await);

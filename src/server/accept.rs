@@ -200,14 +200,32 @@ pub(crate) async fn serve_connection<IO, S>(
     match detected {
         Detected::Http2 if cfg.grpc => {
             let io = crate::grpc::server::Rewind::new(rbuf.freeze(), io);
-            crate::grpc::server::serve_h2(io, peer, svc, cfg, shutdown, force, conn_extensions)
-                .await;
+            // Boxed: hyper's connection state is large, and a future holding
+            // it inline would make every native connection's task as large.
+            Box::pin(crate::grpc::server::serve_h2(
+                io,
+                peer,
+                svc,
+                cfg,
+                shutdown,
+                force,
+                conn_extensions,
+            ))
+            .await;
             return;
         }
         Detected::Http1 if cfg.http1 => {
             let io = crate::grpc::server::Rewind::new(rbuf.freeze(), io);
-            crate::grpc::server::serve_h1(io, peer, svc, cfg, shutdown, force, conn_extensions)
-                .await;
+            Box::pin(crate::grpc::server::serve_h1(
+                io,
+                peer,
+                svc,
+                cfg,
+                shutdown,
+                force,
+                conn_extensions,
+            ))
+            .await;
             return;
         }
         _ => {}
