@@ -200,7 +200,7 @@ where
             .closed
             .clone()
             .unwrap_or_else(|| Status::unavailable("connection closed"));
-        st.deadlines.clear();
+        st.deadlines = None;
         woken.append(&mut st.woken);
         for s in st.streams.values_mut() {
             s.deadline = None;

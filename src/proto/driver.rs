@@ -133,6 +133,9 @@ pub(crate) trait Role: Send + Sized + 'static {
     /// first write waits one scheduling round so their output goes out
     /// together).
     fn take_batch(&mut self) -> usize;
+
+    /// The connection went idle: give back memory kept for the next calls.
+    fn release_idle(&mut self) {}
 }
 
 /// Settings of the common machinery.
@@ -279,13 +282,14 @@ where
             let idle;
             {
                 let mut st = self.shared.lock();
-                if !st.deadlines.is_empty() {
-                    while let Poll::Ready(Some(expired)) = st.deadlines.poll_expired(cx) {
-                        let id = expired.into_inner();
-                        if let Some(s) = st.streams.get_mut(&id) {
-                            s.deadline = None;
-                            self.role.on_deadline(&mut st, id);
-                        }
+                while let Some(queue) = st.deadlines.as_mut().filter(|q| !q.is_empty()) {
+                    let Poll::Ready(Some(expired)) = queue.poll_expired(cx) else {
+                        break;
+                    };
+                    let id = expired.into_inner();
+                    if let Some(s) = st.streams.get_mut(&id) {
+                        s.deadline = None;
+                        self.role.on_deadline(&mut st, id);
                     }
                 }
                 self.shared.register_task(cx.waker());
@@ -439,6 +443,9 @@ where
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
+        self.wakers = Vec::new();
+        self.role.release_idle();
+        self.shared.lock().release_idle();
     }
 
     /// Decodes and applies every complete frame; stops early when the role

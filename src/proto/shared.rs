@@ -62,7 +62,10 @@ pub(crate) struct State<X: RoleStream> {
     /// The peer's settings.
     pub(crate) peer: PeerSettings,
     /// Deadlines of open streams: one timer for the whole connection.
-    pub(crate) deadlines: DelayQueue<u32>,
+    /// Created by the first deadline and dropped when the connection goes
+    /// idle: its timer wheel takes about 6 KiB, which an idle connection
+    /// should not hold.
+    pub(crate) deadlines: Option<DelayQueue<u32>>,
     /// Set once the connection is closed: why.
     pub(crate) closed: Option<Status>,
     /// Tasks to wake once the lock is released (filled under the lock).
@@ -97,21 +100,35 @@ impl<X: RoleStream> State<X> {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
+        let queue = self.deadlines.get_or_insert_with(DelayQueue::new);
         match &s.deadline {
             Some(key) => {
-                if at < self.deadlines.deadline(key) {
-                    self.deadlines.reset_at(key, at);
+                if at < queue.deadline(key) {
+                    queue.reset_at(key, at);
                 }
             }
-            None => s.deadline = Some(self.deadlines.insert_at(id, at)),
+            None => s.deadline = Some(queue.insert_at(id, at)),
         }
+    }
+
+    /// Gives back what an idle connection does not need: the deadline
+    /// queue and the stream table's capacity.
+    pub(crate) fn release_idle(&mut self) {
+        if self.deadlines.as_ref().is_some_and(|q| q.is_empty()) {
+            self.deadlines = None;
+        }
+        if self.streams.is_empty() {
+            self.streams = IdMap::default();
+        }
+        self.send_blocked = Vec::new();
+        self.woken = Vec::new();
     }
 
     /// Removes stream `id` (and its deadline) from the table.
     pub(crate) fn remove_stream(&mut self, id: u32) -> Option<Stream<X>> {
         let mut s = self.streams.remove(&id)?;
-        if let Some(key) = s.deadline.take() {
-            self.deadlines.try_remove(&key);
+        if let (Some(key), Some(queue)) = (s.deadline.take(), self.deadlines.as_mut()) {
+            queue.try_remove(&key);
         }
         Some(s)
     }
@@ -122,7 +139,7 @@ impl<X: RoleStream> State<X> {
         if self.closed.is_none() {
             self.closed = Some(why);
         }
-        self.deadlines.clear();
+        self.deadlines = None;
         self.streams.drain().collect()
     }
 }
@@ -185,7 +202,7 @@ impl<X: RoleStream> Shared<X> {
                 recv_window: RecvWindow::new(recv_conn),
                 recv_held: 0,
                 peer,
-                deadlines: DelayQueue::new(),
+                deadlines: None,
                 closed: None,
                 woken: Vec::new(),
                 held_bytes: 0,

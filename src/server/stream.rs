@@ -115,3 +115,46 @@ pub(crate) fn answer(st: &mut State<ServerStream>, id: u32, headers_sent: bool, 
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{PeerSettings, Stream};
+    use std::time::Duration;
+
+    fn stream() -> Stream<ServerStream> {
+        Stream::new(
+            1 << 16,
+            1 << 16,
+            ServerStream {
+                call: CallRef::Queued,
+                held: 0,
+                headers_sent: false,
+                last_recv: Instant::now(),
+            },
+        )
+    }
+
+    /// The deadline queue (a ~6 KiB timer wheel) exists only while a
+    /// stream has a deadline, or until the connection next goes idle.
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_deadline_queue() {
+        let shared: Shared<ServerStream> =
+            Shared::new(1 << 16, 1 << 20, PeerSettings::default(), 1 << 20, None);
+        let mut st = shared.lock();
+        assert!(st.deadlines.is_none(), "created before any deadline");
+        st.streams.insert(1, stream());
+        st.tighten_deadline(1, Instant::now() + Duration::from_secs(5));
+        assert_eq!(st.deadlines.as_ref().map(|q| q.len()), Some(1));
+        st.release_idle();
+        assert!(
+            st.deadlines.is_some(),
+            "released while a deadline is pending"
+        );
+        assert!(st.remove_stream(1).is_some());
+        assert_eq!(st.deadlines.as_ref().map(|q| q.len()), Some(0));
+        st.release_idle();
+        assert!(st.deadlines.is_none(), "kept by an idle connection");
+        assert!(st.streams.capacity() == 0, "stream table capacity kept");
+    }
+}

@@ -409,4 +409,22 @@ where
     fn take_batch(&mut self) -> usize {
         std::mem::take(&mut self.batch)
     }
+
+    fn release_idle(&mut self) {
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+        if self.replies.is_empty() {
+            self.replies = Vec::new();
+        }
+        if self.started.is_empty() {
+            self.started = Vec::new();
+        }
+        if self.drop_local.is_empty() {
+            self.drop_local = Vec::new();
+        }
+        if self.drop_requests.is_empty() {
+            self.drop_requests = Vec::new();
+        }
+    }
 }
