@@ -1,5 +1,5 @@
 //! The `trpc` binary against real servers: discovered targets (static, DNS,
-//! etcd with a real etcd), `--repeat` tallies per `served-by`, and the exit
+//! etcd with a real etcd, one gRPC server by `grpc://`), `--repeat` tallies per `served-by`, and the exit
 //! codes of `trpc health`.
 
 use std::net::SocketAddr;
@@ -144,6 +144,26 @@ async fn a_dns_target_resolves_and_calls() {
     let (code, out, err) = trpc(&["call", &target, "echo.Echo/Say", "{}", "--repeat", "5"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(count_for(&out, &addr), 5, "{out}");
+}
+
+#[tokio::test]
+async fn a_grpc_target_calls_over_grpc() {
+    let addr = replica(None).await;
+    let target = format!("grpc://{addr}");
+    let (code, out, err) = trpc(&[
+        "call",
+        &target,
+        "echo.Echo/Say",
+        r#"{"message":"hi"}"#,
+        "--repeat",
+        "3",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(count_for(&out, &addr), 3, "{out}");
+    let (code, out, err) = trpc(&["call", &target, "echo.Echo/Say", r#"{"message":"hi"}"#]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hi"), "{out}");
 }
 
 #[tokio::test]

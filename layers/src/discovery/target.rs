@@ -14,6 +14,7 @@ use super::{Discovery, Dns};
 /// | `dns://host:port`, `dns:///host:port` | the host's A and AAAA records ([`Dns`]) |
 /// | `etcd://host:port/name` | instances of `name` registered in etcd at `http://host:port` (feature `etcd`) |
 /// | `host:port`, `tcp://host:port` | one address |
+/// | `grpc://host:port`, `http://host:port`, `https://host:port` | one gRPC server (kept whole: [`trpc::Endpoint`] picks the gRPC transport from the scheme) |
 ///
 /// ```
 /// use trpc_layers::discovery::Target;
@@ -22,6 +23,7 @@ use super::{Discovery, Dns};
 ///     Target::Etcd { endpoint: "http://127.0.0.1:2379".into(), name: "echo".into() },
 /// );
 /// assert_eq!(Target::parse("static://a:1,b:2").unwrap(), Target::Static(vec!["a:1".into(), "b:2".into()]));
+/// assert_eq!(Target::parse("grpc://a:1").unwrap(), Target::Static(vec!["grpc://a:1".into()]));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -83,8 +85,14 @@ impl Target {
                 })
             }
             "tcp" | "trpc" => Ok(Target::Static(vec![rest.trim_end_matches('/').to_string()])),
+            "grpc" | "http" | "https" => {
+                if rest.trim_matches('/').is_empty() {
+                    return Err(bad("no address"));
+                }
+                Ok(Target::Static(vec![uri.trim_end_matches('/').to_string()]))
+            }
             other => Err(bad(&format!(
-                "unknown scheme {other:?} (use static://, dns://, etcd:// or host:port)"
+                "unknown scheme {other:?} (use static://, dns://, etcd://, grpc://, http://, https:// or host:port)"
             ))),
         }
     }
@@ -117,6 +125,9 @@ impl Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Target::Static(addrs) if addrs.len() == 1 && addrs[0].contains("://") => {
+                f.write_str(&addrs[0])
+            }
             Target::Static(addrs) => write!(f, "static://{}", addrs.join(",")),
             Target::Dns(hp) => write!(f, "dns://{hp}"),
             Target::Etcd { endpoint, name } => {
