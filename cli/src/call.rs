@@ -22,8 +22,9 @@ use crate::tls::TlsArgs;
 /// The arguments of `trpc call`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct CallArgs {
-    /// Target: host:port, tcp://host:port, static://a:1,b:2, dns://host:port
-    /// or etcd://host:port/name.
+    /// Target: host:port, tcp://host:port, grpc://host:port (or http://,
+    /// https://: a gRPC server), static://a:1,b:2, dns://host:port or
+    /// etcd://host:port/name.
     addr: String,
     /// Method: package.Service/Method.
     method: String,

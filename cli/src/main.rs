@@ -18,7 +18,8 @@
 //! code (like grpcurl); usage errors exit 2. `gen` writes the code `trpc-build`
 //! generates; a `.proto` error exits 1 naming `file:line:column`.
 //!
-//! TARGET is `host:port`, `tcp://host:port`, or a discovered service:
+//! TARGET is `host:port`, `tcp://host:port`, a gRPC server
+//! (`grpc://host:port`, `http://…`, `https://…`), or a discovered service:
 //! `static://a:1,b:2,c:3`, `dns://host:port`, `etcd://host:port/name`
 //! (balanced over its replicas). With `--repeat N`, `call` makes N calls and
 //! prints how many replies each replica (`served-by` metadata) sent.
