@@ -3,6 +3,7 @@
 //! [`HttpService`](crate::http::HttpService), under the server's limits,
 //! shutdown and force-close signals.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -116,10 +117,62 @@ async fn idle_check(timeout: Option<Duration>, calls: Arc<AtomicUsize>) {
     }
 }
 
+/// The HTTP a connection speaks, told by its first bytes or by ALPN.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Http {
+    /// HTTP/1: the JSON gateway.
+    H1,
+    /// HTTP/2: gRPC and the JSON gateway.
+    H2,
+}
+
+/// Serves one HTTP connection until it closes.
+///
+/// The connection is boxed: hyper's state is large, and the task that
+/// detected HTTP would otherwise be as large for every native connection.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_http<IO, S>(
+    http: Http,
+    io: IO,
+    peer: SocketAddr,
+    svc: S,
+    cfg: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+    conn_extensions: Option<http::Extensions>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let conn: Pin<Box<dyn Future<Output = ()> + Send>> = match http {
+        Http::H2 => Box::pin(serve_h2(
+            io,
+            peer,
+            svc,
+            cfg,
+            shutdown,
+            force,
+            conn_extensions,
+        )),
+        Http::H1 => Box::pin(serve_h1(
+            io,
+            peer,
+            svc,
+            cfg,
+            shutdown,
+            force,
+            conn_extensions,
+        )),
+    };
+    conn.await
+}
+
 /// Serves one HTTP/2 connection (`io` replays the bytes read during
 /// detection) until it closes; on `shutdown`, GOAWAY and drain; on `force`,
 /// close.
-pub(crate) async fn serve_h2<IO, S>(
+async fn serve_h2<IO, S>(
     io: IO,
     peer: SocketAddr,
     svc: S,
@@ -156,7 +209,7 @@ pub(crate) async fn serve_h2<IO, S>(
 }
 
 /// Serves one HTTP/1 connection (the JSON gateway).
-pub(crate) async fn serve_h1<IO, S>(
+async fn serve_h1<IO, S>(
     io: IO,
     peer: SocketAddr,
     svc: S,

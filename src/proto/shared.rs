@@ -120,8 +120,12 @@ impl<X: RoleStream> State<X> {
         if self.streams.is_empty() {
             self.streams = IdMap::default();
         }
-        self.send_blocked = Vec::new();
-        self.woken = Vec::new();
+        if self.send_blocked.is_empty() {
+            self.send_blocked = Vec::new();
+        }
+        if self.woken.is_empty() {
+            self.woken = Vec::new();
+        }
     }
 
     /// Removes stream `id` (and its deadline) from the table.

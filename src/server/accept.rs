@@ -20,6 +20,7 @@ use tower_service::Service;
 use super::{conn, ServerConfig};
 use crate::body::Body;
 use crate::frame::{self, GoawayCode, MAGIC};
+use crate::grpc::server::Http;
 use crate::request::{Request, Response};
 use crate::status::BoxError;
 
@@ -197,38 +198,16 @@ pub(crate) async fn serve_connection<IO, S>(
             return;
         }
     };
-    match detected {
-        Detected::Http2 if cfg.grpc => {
-            let io = crate::grpc::server::Rewind::new(rbuf.freeze(), io);
-            // Boxed: hyper's connection state is large, and a future holding
-            // it inline would make every native connection's task as large.
-            Box::pin(crate::grpc::server::serve_h2(
-                io,
-                peer,
-                svc,
-                cfg,
-                shutdown,
-                force,
-                conn_extensions,
-            ))
+    let http = match detected {
+        Detected::Http2 if cfg.grpc => Some(Http::H2),
+        Detected::Http1 if cfg.http1 => Some(Http::H1),
+        _ => None,
+    };
+    if let Some(http) = http {
+        let io = crate::grpc::server::Rewind::new(rbuf.freeze(), io);
+        crate::grpc::server::serve_http(http, io, peer, svc, cfg, shutdown, force, conn_extensions)
             .await;
-            return;
-        }
-        Detected::Http1 if cfg.http1 => {
-            let io = crate::grpc::server::Rewind::new(rbuf.freeze(), io);
-            Box::pin(crate::grpc::server::serve_h1(
-                io,
-                peer,
-                svc,
-                cfg,
-                shutdown,
-                force,
-                conn_extensions,
-            ))
-            .await;
-            return;
-        }
-        _ => {}
+        return;
     }
     if detected == Detected::Trpc {
         conn::serve_trpc(

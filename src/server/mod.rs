@@ -540,16 +540,28 @@ async fn serve_tls<S>(
             let alpn = info.alpn().map(<[u8]>::to_vec);
             let mut ext = http::Extensions::new();
             ext.insert(info);
-            match alpn.as_deref() {
-                Some(crate::tls::ALPN_H2) if cfg.grpc => {
-                    crate::grpc::server::serve_h2(io, peer, svc, cfg, shutdown, force, Some(ext))
-                        .await
+            let http = match alpn.as_deref() {
+                Some(crate::tls::ALPN_H2) if cfg.grpc => Some(crate::grpc::server::Http::H2),
+                Some(crate::tls::ALPN_HTTP1) if cfg.http1 => Some(crate::grpc::server::Http::H1),
+                _ => None,
+            };
+            match http {
+                Some(http) => {
+                    crate::grpc::server::serve_http(
+                        http,
+                        io,
+                        peer,
+                        svc,
+                        cfg,
+                        shutdown,
+                        force,
+                        Some(ext),
+                    )
+                    .await
                 }
-                Some(crate::tls::ALPN_HTTP1) if cfg.http1 => {
-                    crate::grpc::server::serve_h1(io, peer, svc, cfg, shutdown, force, Some(ext))
-                        .await
+                None => {
+                    accept::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext)).await
                 }
-                _ => accept::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext)).await,
             }
         }
         Ok(None) => {}
