@@ -15,14 +15,9 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::CancellationToken;
-use tower_service::Service;
 
-use crate::body::Body;
 use crate::http::{Config, HttpService, Hyper};
-use crate::request::{Request, Response};
-use crate::server::ServerConfig;
-use crate::status::BoxError;
+use crate::server::{ConnCtx, ConnService, ServerConfig};
 
 /// HTTP/2 header blocks (pseudo-headers and HPACK overhead included) may be
 /// this much larger than the metadata limit.
@@ -130,41 +125,14 @@ pub(crate) enum Http {
 ///
 /// The connection is boxed: hyper's state is large, and the task that
 /// detected HTTP would otherwise be as large for every native connection.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve_http<IO, S>(
-    http: Http,
-    io: IO,
-    peer: SocketAddr,
-    svc: S,
-    cfg: Arc<ServerConfig>,
-    shutdown: CancellationToken,
-    force: CancellationToken,
-    conn_extensions: Option<http::Extensions>,
-) where
+pub(crate) async fn serve_http<IO, S>(http: Http, io: IO, ctx: ConnCtx<S>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+    S: ConnService,
 {
     let conn: Pin<Box<dyn Future<Output = ()> + Send>> = match http {
-        Http::H2 => Box::pin(serve_h2(
-            io,
-            peer,
-            svc,
-            cfg,
-            shutdown,
-            force,
-            conn_extensions,
-        )),
-        Http::H1 => Box::pin(serve_h1(
-            io,
-            peer,
-            svc,
-            cfg,
-            shutdown,
-            force,
-            conn_extensions,
-        )),
+        Http::H2 => Box::pin(serve_h2(io, ctx)),
+        Http::H1 => Box::pin(serve_h1(io, ctx)),
     };
     conn.await
 }
@@ -172,20 +140,12 @@ pub(crate) async fn serve_http<IO, S>(
 /// Serves one HTTP/2 connection (`io` replays the bytes read during
 /// detection) until it closes; on `shutdown`, GOAWAY and drain; on `force`,
 /// close.
-async fn serve_h2<IO, S>(
-    io: IO,
-    peer: SocketAddr,
-    svc: S,
-    cfg: Arc<ServerConfig>,
-    shutdown: CancellationToken,
-    force: CancellationToken,
-    conn_extensions: Option<http::Extensions>,
-) where
+async fn serve_h2<IO, S>(io: IO, ctx: ConnCtx<S>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+    S: ConnService,
 {
+    let (peer, cfg) = (ctx.peer, &ctx.cfg);
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .max_concurrent_streams(cfg.max_concurrent_streams)
@@ -203,26 +163,18 @@ async fn serve_h2<IO, S>(
     let calls = Arc::new(AtomicUsize::new(0));
     let conn = b.serve_connection(
         TokioIo::new(io),
-        service(svc, &cfg, peer, conn_extensions, calls.clone()),
+        service(ctx.svc, cfg, peer, ctx.extensions, calls.clone()),
     );
-    drive!(conn, peer, cfg, calls, shutdown, force);
+    drive!(conn, peer, cfg, calls, ctx.shutdown, ctx.force);
 }
 
 /// Serves one HTTP/1 connection (the JSON gateway).
-async fn serve_h1<IO, S>(
-    io: IO,
-    peer: SocketAddr,
-    svc: S,
-    cfg: Arc<ServerConfig>,
-    shutdown: CancellationToken,
-    force: CancellationToken,
-    conn_extensions: Option<http::Extensions>,
-) where
+async fn serve_h1<IO, S>(io: IO, ctx: ConnCtx<S>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+    S: ConnService,
 {
+    let (peer, cfg) = (ctx.peer, &ctx.cfg);
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(cfg.frame_timeout)
@@ -231,9 +183,9 @@ async fn serve_h1<IO, S>(
     let calls = Arc::new(AtomicUsize::new(0));
     let conn = b.serve_connection(
         TokioIo::new(io),
-        service(svc, &cfg, peer, conn_extensions, calls.clone()),
+        service(ctx.svc, cfg, peer, ctx.extensions, calls.clone()),
     );
-    drive!(conn, peer, cfg, calls, shutdown, force);
+    drive!(conn, peer, cfg, calls, ctx.shutdown, ctx.force);
 }
 
 /// An IO that first replays the bytes read while detecting the protocol.

@@ -154,21 +154,47 @@ impl Refuser {
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub(crate) async fn serve_connection<IO, S>(
-    mut io: IO,
-    peer: SocketAddr,
-    svc: S,
-    cfg: Arc<ServerConfig>,
-    shutdown: CancellationToken,
-    force: CancellationToken,
-    conn_extensions: Option<http::Extensions>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+/// The service a server connection calls: the router behind its layers.
+pub(crate) trait ConnService:
+    Service<Request<Body>, Response = Response<Body>, Error: Into<BoxError>, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S
+where
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
+}
+
+/// What a connection is served with, besides its byte stream.
+#[derive(Debug)]
+pub(crate) struct ConnCtx<S> {
+    /// The peer's address, as handlers see it.
+    pub(crate) peer: SocketAddr,
+    /// The router behind the server's layers.
+    pub(crate) svc: S,
+    /// The server's settings.
+    pub(crate) cfg: Arc<ServerConfig>,
+    /// Cancelled when graceful shutdown starts.
+    pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace period is over.
+    pub(crate) force: CancellationToken,
+    /// Added to every request's extensions (the TLS peer's identity).
+    pub(crate) extensions: Option<http::Extensions>,
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve_connection<IO, S>(mut io: IO, ctx: ConnCtx<S>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ConnService,
+{
+    let (peer, cfg) = (ctx.peer, ctx.cfg.clone());
     use tokio::io::AsyncReadExt;
     // The handshake timeout covers detection and the client's SETTINGS together.
     let started = Instant::now();
@@ -205,23 +231,11 @@ pub(crate) async fn serve_connection<IO, S>(
     };
     if let Some(http) = http {
         let io = crate::grpc::server::Rewind::new(rbuf.freeze(), io);
-        crate::grpc::server::serve_http(http, io, peer, svc, cfg, shutdown, force, conn_extensions)
-            .await;
+        crate::grpc::server::serve_http(http, io, ctx).await;
         return;
     }
     if detected == Detected::Trpc {
-        conn::serve_trpc(
-            io,
-            rbuf,
-            started,
-            peer,
-            svc,
-            cfg,
-            shutdown,
-            force,
-            conn_extensions,
-        )
-        .await;
+        conn::serve_trpc(io, rbuf, started, ctx).await;
         return;
     }
     // Not ours: answer in the peer's own protocol so it reports something

@@ -23,6 +23,8 @@
 //! ```
 
 mod accept;
+use crate::grpc::server::Http;
+pub(crate) use accept::{ConnCtx, ConnService};
 mod call;
 mod conn;
 mod limits;
@@ -387,7 +389,15 @@ impl<L> Server<L> {
         let svc = self.layer.layer(svc);
         let guard = ConnCount::new(Arc::new(AtomicUsize::new(0)), self.config.stats.clone());
         let (shutdown, force) = (CancellationToken::new(), CancellationToken::new());
-        accept::serve_connection(io, peer, svc, Arc::new(self.config), shutdown, force, None).await;
+        let ctx = ConnCtx {
+            peer,
+            svc,
+            cfg: Arc::new(self.config),
+            shutdown,
+            force,
+            extensions: None,
+        };
+        accept::serve_connection(io, ctx).await;
         drop(guard);
     }
 
@@ -471,20 +481,26 @@ impl<L> Server<L> {
                 let _ = tcp.set_nodelay(true);
             }
             let guard = ConnCount::new(open.clone(), cfg.stats.clone());
-            let (svc, cfg, shutdown, force) =
-                (svc.clone(), cfg.clone(), shutdown.clone(), force.clone());
+            let ctx = ConnCtx {
+                peer,
+                svc: svc.clone(),
+                cfg: cfg.clone(),
+                shutdown: shutdown.clone(),
+                force: force.clone(),
+                extensions: None,
+            };
             // Each kind of connection gets a task future of its own size: a
             // plaintext connection does not pay for the TLS state machine.
             #[cfg(feature = "tls")]
             if let Some(acceptor) = cfg.tls.clone() {
                 tracker.spawn(async move {
-                    serve_tls(acceptor, tcp, peer, svc, cfg, shutdown, force).await;
+                    serve_tls(acceptor, tcp, ctx).await;
                     drop(guard);
                 });
                 continue;
             }
             tracker.spawn(async move {
-                accept::serve_connection(tcp, peer, svc, cfg, shutdown, force, None).await;
+                accept::serve_connection(tcp, ctx).await;
                 drop(guard);
             });
         }
@@ -517,21 +533,14 @@ impl<L> Server<L> {
 /// gateway, else detection as on a plaintext port) with the peer's TLS
 /// details in every request.
 #[cfg(feature = "tls")]
-async fn serve_tls<S>(
+async fn serve_tls<S: ConnService>(
     acceptor: crate::tls::ServerTls,
     tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    svc: S,
-    cfg: Arc<ServerConfig>,
-    shutdown: CancellationToken,
-    force: CancellationToken,
-) where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
+    mut ctx: ConnCtx<S>,
+) {
+    let peer = ctx.peer;
     let accepted = tokio::time::timeout(
-        cfg.handshake_timeout,
+        ctx.cfg.handshake_timeout,
         crate::tls::accept(&acceptor, tcp, peer),
     )
     .await;
@@ -540,28 +549,15 @@ async fn serve_tls<S>(
             let alpn = info.alpn().map(<[u8]>::to_vec);
             let mut ext = http::Extensions::new();
             ext.insert(info);
+            ctx.extensions = Some(ext);
             let http = match alpn.as_deref() {
-                Some(crate::tls::ALPN_H2) if cfg.grpc => Some(crate::grpc::server::Http::H2),
-                Some(crate::tls::ALPN_HTTP1) if cfg.http1 => Some(crate::grpc::server::Http::H1),
+                Some(crate::tls::ALPN_H2) if ctx.cfg.grpc => Some(Http::H2),
+                Some(crate::tls::ALPN_HTTP1) if ctx.cfg.http1 => Some(Http::H1),
                 _ => None,
             };
             match http {
-                Some(http) => {
-                    crate::grpc::server::serve_http(
-                        http,
-                        io,
-                        peer,
-                        svc,
-                        cfg,
-                        shutdown,
-                        force,
-                        Some(ext),
-                    )
-                    .await
-                }
-                None => {
-                    accept::serve_connection(io, peer, svc, cfg, shutdown, force, Some(ext)).await
-                }
+                Some(http) => crate::grpc::server::serve_http(http, io, ctx).await,
+                None => accept::serve_connection(io, ctx).await,
             }
         }
         Ok(None) => {}

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_service::Service;
 
+use super::accept::{ConnCtx, ConnService};
 use super::call::{write_response, CallTask};
 use super::limits::CancelBudget;
 use super::local::LocalCalls;
@@ -96,17 +97,15 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        svc: S,
-        cfg: Arc<ServerConfig>,
-        peer: SocketAddr,
-        shared: Arc<Shared<ServerStream>>,
-        started_at: Instant,
-        shutdown: CancellationToken,
-        force: CancellationToken,
-        conn_extensions: Option<http::Extensions>,
-    ) -> Self {
+    fn new(ctx: ConnCtx<S>, shared: Arc<Shared<ServerStream>>, started_at: Instant) -> Self {
+        let ConnCtx {
+            peer,
+            svc,
+            cfg,
+            shutdown,
+            force,
+            extensions,
+        } = ctx;
         let now = Instant::now();
         let age_at = cfg.max_connection_age.map(|age| {
             // ±10% so that the connections of a fleet opened together do not
@@ -118,7 +117,7 @@ where
             peer,
             deadline_sink: DeadlineSink(shared.clone()),
             shared,
-            conn_extensions,
+            conn_extensions: extensions,
             queue: VecDeque::new(),
             backed_up: false,
             replies: Vec::new(),
@@ -348,22 +347,12 @@ where
 /// holds the bytes read during detection, `started` is when the connection
 /// was accepted (the handshake timeout runs from there).
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve_trpc<IO, S>(
-    io: IO,
-    rbuf: BytesMut,
-    started: Instant,
-    peer: SocketAddr,
-    svc: S,
-    cfg: Arc<ServerConfig>,
-    shutdown: CancellationToken,
-    force: CancellationToken,
-    conn_extensions: Option<http::Extensions>,
-) where
+pub(crate) async fn serve_trpc<IO, S>(io: IO, rbuf: BytesMut, started: Instant, ctx: ConnCtx<S>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+    S: ConnService,
 {
+    let (peer, cfg) = (ctx.peer, ctx.cfg.clone());
     let shared = Arc::new(Shared::new(
         cfg.stream_window,
         cfg.connection_window,
@@ -372,16 +361,7 @@ pub(crate) async fn serve_trpc<IO, S>(
         cfg.stats.clone(),
     ));
     shared.lock().wb.put(|b| cfg.settings().encode(b));
-    let role = ServerRole::new(
-        svc,
-        cfg.clone(),
-        peer,
-        shared.clone(),
-        started,
-        shutdown,
-        force,
-        conn_extensions,
-    );
+    let role = ServerRole::new(ctx, shared.clone(), started);
     let driver = Driver::new(
         io,
         rbuf,
