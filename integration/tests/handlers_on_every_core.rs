@@ -1,6 +1,7 @@
 //! Handlers run as tasks of their own: the calls of one connection spread
 //! over every worker thread, and a handler that burns CPU holds up nothing
-//! else on its connection — not other calls, not PINGs.
+//! else on its connection — not other calls, not PINGs. The tasks are
+//! reused from call to call and end once their connection is idle.
 //!
 //! The handlers here spin without ever yielding until something only a
 //! concurrently served call can cause has happened (bounded by a timeout,
@@ -127,5 +128,53 @@ async fn a_ping_and_a_call_are_answered_while_a_handler_burns_cpu() {
         ..
     } = p.response().await;
     assert_eq!((id, code), (1, 0), "{msg}");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_tasks_end_once_their_connection_is_idle() {
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let srv = serve(trpc_integration::server::echo_router()).await;
+    let ch = connect(srv.addr).await;
+    let mut client = Client::new(ch.clone());
+    let reply: EchoMsg = client
+        .unary_message("echo.Echo/Say", EchoMsg::new("warm"))
+        .await
+        .unwrap();
+    assert_eq!(reply.message, "warm");
+    let before = alive();
+    // Bursts of 64 calls in flight on the one connection: up to 64 call
+    // tasks, reused from call to call while the connection is busy.
+    for wave in 0..10 {
+        let calls = (0..64).map(|i| {
+            let mut client = Client::new(ch.clone());
+            async move {
+                let msg = format!("{wave}-{i}");
+                let reply: EchoMsg = client
+                    .unary_message("echo.Echo/Say", EchoMsg::new(&msg))
+                    .await
+                    .unwrap();
+                assert_eq!(reply.message, msg);
+            }
+        });
+        join_all(calls).await;
+    }
+    let peak = alive();
+    // Idle now: no call task stays parked (each would hold its memory).
+    trpc_integration::until(
+        trpc_integration::SOON,
+        "the connection's call tasks end once it is idle",
+        || alive() <= before,
+    )
+    .await;
+    eprintln!(
+        "alive tasks: {before} before the bursts, {peak} right after, then {}",
+        alive()
+    );
+    assert_eq!(ch.connections(), 1);
     srv.shutdown().await;
 }

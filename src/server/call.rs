@@ -2,8 +2,9 @@
 //! for a streaming response the response stream, written as the client's
 //! flow-control windows allow. It writes its own frames into the
 //! connection's shared output, so it runs the same whether the connection
-//! spawns it as a task (the default: handlers use every core) or polls it
-//! in its own task (inline mode, for handlers known to be cheap).
+//! hands it to a task of its pool (the default: handlers use every core,
+//! see `pool.rs`) or polls it in its own task (inline mode, for handlers
+//! known to be cheap).
 //!
 //! Deadlines and cancellation are the connection's business: it drops the
 //! call (aborting its task) and answers for it.

@@ -29,6 +29,7 @@ mod call;
 mod conn;
 mod limits;
 mod local;
+mod pool;
 mod router;
 mod stream;
 
@@ -313,14 +314,15 @@ impl<L> Server<L> {
     /// Runs handlers inside their connection's task instead of a task each
     /// (default off).
     ///
-    /// By default every call runs as a task of its own, so the calls of one
-    /// connection spread over all worker threads and a handler that burns
-    /// CPU holds up nothing else on its connection (other calls, PINGs).
-    /// Inline mode saves the task per call and the hand-offs between worker
-    /// threads — for handlers known to be cheap and never blocking (a 64 B
-    /// echo at 256 in flight on one connection: about 1.5× the calls per
-    /// second, docs/PERFORMANCE.md) — at the price of running all calls of
-    /// a connection on one thread at a time: one slow `poll` delays every
+    /// By default every call runs in a task of its own (tasks reused from
+    /// call to call), so the calls of one connection spread over all worker
+    /// threads and a handler that burns CPU holds up nothing else on its
+    /// connection (other calls, PINGs). Inline mode saves the hand-off of
+    /// each call to a task and the moves between worker threads — for
+    /// handlers known to be cheap and never blocking (a 64 B echo at 256 in
+    /// flight on one connection: about 1.1–1.5× the calls per second,
+    /// docs/PERFORMANCE.md) — at the price of running all calls of a
+    /// connection on one thread at a time: one slow `poll` delays every
     /// other call of that connection.
     pub fn inline_handlers(mut self, on: bool) -> Self {
         self.config.inline_handlers = on;

@@ -4,7 +4,6 @@
 
 use std::sync::Mutex;
 
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::body::Payload;
@@ -15,6 +14,7 @@ use crate::status::Status;
 use crate::wire;
 
 use super::call::log_failure;
+use super::pool::PoolCall;
 
 /// A finished unary call's outcome: response metadata and message, or
 /// the error.
@@ -49,8 +49,8 @@ impl Replies {
 pub(crate) enum CallRef {
     /// Not started yet (waiting for the service).
     Queued,
-    /// Its own task.
-    Task(AbortHandle),
+    /// A task of the connection's pool.
+    Task(PoolCall),
     /// A slot of the connection's inline executor.
     Local(usize),
 }

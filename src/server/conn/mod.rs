@@ -1,7 +1,7 @@
 //! The server side of a trpc connection ([`ServerRole`]): admits new calls
 //! (stream ids, limits, request-byte budget), starts their handlers — each
-//! as a task of its own by default, so one connection's calls use every
-//! core — and answers for calls that are cancelled, time out or break the
+//! in a task of its own by default (tasks of the connection's pool, reused
+//! from call to call), so one connection's calls use every core — and answers for calls that are cancelled, time out or break the
 //! rules; plus the server's own timers (handshake, idle, idle streams,
 //! connection age) and graceful drain.
 
@@ -23,6 +23,7 @@ use super::accept::{ConnCtx, ConnService};
 use super::call::{write_response, CallTask};
 use super::limits::CancelBudget;
 use super::local::LocalCalls;
+use super::pool::CallPool;
 use super::stream::{answer, close_stream, CallRef, Reply, ServerStream};
 use super::ServerConfig;
 use crate::body::{Body, Payload};
@@ -57,7 +58,7 @@ pub(crate) struct ServerRole<S: Service<Request<Body>>> {
     backed_up: bool,
     /// Replies taken from the calls' tasks, being written.
     replies: Vec<(u32, Reply)>,
-    /// A call was spawned this turn.
+    /// A call was handed to a task this turn.
     spawned: bool,
     /// The runtime has more than one worker (yielding can hand the
     /// connection to another one).
@@ -66,6 +67,8 @@ pub(crate) struct ServerRole<S: Service<Request<Body>>> {
     started: Vec<(u32, CallRef)>,
     /// Inline mode's executor (`None`: every call is a task).
     local: Option<LocalCalls<Call<S>>>,
+    /// The tasks calls run in (unless inline).
+    pool: CallPool<Call<S>>,
     /// Calls and requests to drop once the state is unlocked (dropping a
     /// handler may return flow-control credit, which locks the state).
     drop_local: Vec<usize>,
@@ -126,6 +129,7 @@ where
                 .is_ok_and(|h| h.metrics().num_workers() > 1),
             started: Vec::new(),
             local: cfg.inline_handlers.then(LocalCalls::new),
+            pool: CallPool::new(),
             drop_local: Vec::new(),
             drop_requests: Vec::new(),
             batch: 0,
@@ -181,7 +185,7 @@ where
     /// a rule).
     fn stop(&mut self, call: CallRef, id: u32) {
         match call {
-            CallRef::Task(h) => h.abort(),
+            CallRef::Task(call) => call.stop(),
             CallRef::Local(idx) => self.drop_local.push(idx),
             CallRef::Queued => {
                 if let Some(pos) = self.queue.iter().position(|(q, _)| *q == id) {
@@ -261,7 +265,7 @@ where
                 },
                 None => {
                     self.spawned = true;
-                    CallRef::Task(tokio::spawn(task).abort_handle())
+                    CallRef::Task(self.pool.run(task))
                 }
             };
             self.started.push((id, call));
@@ -275,7 +279,7 @@ where
                     // It finished (and was answered) already, or it was
                     // cancelled meanwhile.
                     None => match call {
-                        CallRef::Task(h) => h.abort(),
+                        CallRef::Task(call) => call.stop(),
                         CallRef::Local(idx) => self.drop_local.push(idx),
                         CallRef::Queued => {}
                     },

@@ -411,6 +411,7 @@ where
     }
 
     fn release_idle(&mut self) {
+        self.pool.release_idle();
         if self.queue.is_empty() {
             self.queue = VecDeque::new();
         }
