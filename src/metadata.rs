@@ -515,22 +515,24 @@ fn get_varint(src: &[u8], pos: &mut usize) -> Option<u32> {
     None
 }
 
-/// Iterates over the entries of an encoded metadata block without copying:
-/// every key and value is a slice of `block`.
+/// Iterates over the entries of an encoded metadata block without copying
+/// or counting references: every key and value is a borrowed slice of the
+/// block; what is kept is sliced out of the block's `Bytes` with
+/// [`Bytes::slice_ref`] (as [`push_wire_entry`] does), the rest costs nothing.
 #[derive(Debug)]
-pub(crate) struct BlockIter {
-    block: Bytes,
+pub(crate) struct BlockIter<'a> {
+    block: &'a [u8],
     pos: usize,
 }
 
-impl BlockIter {
-    pub(crate) fn new(block: Bytes) -> Self {
+impl<'a> BlockIter<'a> {
+    pub(crate) fn new(block: &'a [u8]) -> Self {
         BlockIter { block, pos: 0 }
     }
 }
 
-impl Iterator for BlockIter {
-    type Item = Result<(Bytes, Bytes), InvalidMetadata>;
+impl<'a> Iterator for BlockIter<'a> {
+    type Item = Result<(&'a [u8], &'a [u8]), InvalidMetadata>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.pos >= self.block.len() {
@@ -540,9 +542,9 @@ impl Iterator for BlockIter {
     }
 }
 
-impl BlockIter {
-    fn next_entry(&mut self) -> Result<(Bytes, Bytes), InvalidMetadata> {
-        let src = &self.block[..];
+impl<'a> BlockIter<'a> {
+    fn next_entry(&mut self) -> Result<(&'a [u8], &'a [u8]), InvalidMetadata> {
+        let src = self.block;
         let key_len = src[self.pos] as usize;
         let key_start = self.pos + 1;
         let key_end = key_start + key_len;
@@ -560,35 +562,35 @@ impl BlockIter {
             self.pos = src.len();
             return Err(InvalidMetadata::new("value runs past the end of the block"));
         }
-        let key = self.block.slice(key_start..key_end);
-        let value = self.block.slice(pos..value_end);
         self.pos = value_end;
-        Ok((key, value))
+        Ok((&src[key_start..key_end], &src[pos..value_end]))
     }
 }
 
-/// Validates a user entry decoded from the wire and adds it to `map`.
+/// Validates a user entry decoded from the wire (`key` and `value` are
+/// slices of `block`) and adds it to `map`.
 pub(crate) fn push_wire_entry(
     map: &mut MetadataMap,
-    key: Bytes,
-    value: Bytes,
+    block: &Bytes,
+    key: &[u8],
+    value: &[u8],
 ) -> Result<(), InvalidMetadata> {
     // The codec entry first: it is on nearly every call and the key is known.
     let known = key == CODEC_KEY;
-    if known && matches!(&value[..], b"proto" | b"json") {
-        map.codec = Some(value);
+    if known && matches!(value, b"proto" | b"json") {
+        map.codec = Some(block.slice_ref(value));
         return Ok(());
     }
     if !known {
-        validate_key(&key)?;
+        validate_key(key)?;
     }
-    if !is_binary_key(&key) && !value.is_ascii() && std::str::from_utf8(&value).is_err() {
+    if !is_binary_key(key) && !value.is_ascii() && std::str::from_utf8(value).is_err() {
         return Err(InvalidMetadata::new(format!(
             "value of text key {:?} is not UTF-8 (binary keys must end in -bin)",
-            String::from_utf8_lossy(&key)
+            String::from_utf8_lossy(key)
         )));
     }
-    map.push(key, value);
+    map.push(block.slice_ref(key), block.slice_ref(value));
     Ok(())
 }
 
@@ -623,9 +625,10 @@ mod tests {
         md.encode(&mut buf);
         assert_eq!(buf.len(), md.encoded_len());
         let mut back = MetadataMap::new();
-        for e in BlockIter::new(buf.freeze()) {
+        let block = buf.freeze();
+        for e in BlockIter::new(&block) {
             let (k, v) = e.unwrap();
-            push_wire_entry(&mut back, k, v).unwrap();
+            push_wire_entry(&mut back, &block, k, v).unwrap();
         }
         assert_eq!(back, md);
         assert_eq!(md.remove("trpc-codec"), 1);
@@ -657,9 +660,10 @@ mod tests {
         md.encode(&mut buf);
         assert_eq!(buf.len(), md.encoded_len());
         let mut back = MetadataMap::new();
-        for e in BlockIter::new(buf.freeze()) {
+        let block = buf.freeze();
+        for e in BlockIter::new(&block) {
             let (k, v) = e.unwrap();
-            push_wire_entry(&mut back, k, v).unwrap();
+            push_wire_entry(&mut back, &block, k, v).unwrap();
         }
         assert_eq!(back, md);
     }
@@ -687,21 +691,13 @@ mod tests {
             &[1, b'a', 0x80, 0x00][..],
             &[1, b'a', 0x81, 0x80, 0x00, b'v'][..],
         ] {
-            let r: Result<Vec<_>, _> = BlockIter::new(Bytes::copy_from_slice(block)).collect();
+            let r: Result<Vec<_>, _> = BlockIter::new(block).collect();
             assert!(r.is_err(), "{block:?}");
         }
         let mut md = MetadataMap::new();
-        assert!(push_wire_entry(
-            &mut md,
-            Bytes::from_static(b"t"),
-            Bytes::from_static(&[0xff])
-        )
-        .is_err());
-        assert!(push_wire_entry(
-            &mut md,
-            Bytes::from_static(b"t-bin"),
-            Bytes::from_static(&[0xff])
-        )
-        .is_ok());
+        let block = Bytes::from_static(b"t-bin\xff");
+        let (text, bin, bad) = (&block[..1], &block[..5], &block[5..]);
+        assert!(push_wire_entry(&mut md, &block, text, bad).is_err());
+        assert!(push_wire_entry(&mut md, &block, bin, bad).is_ok());
     }
 }

@@ -77,28 +77,28 @@ pub(crate) fn decode_request_head(block: Bytes) -> Result<RequestHead, Status> {
     let mut method = None;
     let mut timeout = None;
     let mut metadata = MetadataMap::new();
-    for entry in BlockIter::new(block) {
+    for entry in BlockIter::new(&block) {
         let (key, value) = entry.map_err(bad)?;
         if key.first() == Some(&b':') {
-            match &key[..] {
+            match key {
                 PATH => {
                     if method.is_some() {
                         return Err(bad("repeated :path"));
                     }
-                    method = Some(Method::from_bytes(value)?);
+                    method = Some(Method::from_bytes(block.slice_ref(value))?);
                 }
                 TIMEOUT => {
                     if timeout.is_some() {
                         return Err(bad("repeated :timeout"));
                     }
-                    let micros = parse_decimal(&value)
+                    let micros = parse_decimal(value)
                         .ok_or_else(|| bad(":timeout is not a decimal number of microseconds"))?;
                     timeout = Some(Duration::from_micros(micros));
                 }
                 _ => {} // unknown pseudo-headers are ignored
             }
         } else {
-            metadata::push_wire_entry(&mut metadata, key, value).map_err(bad)?;
+            metadata::push_wire_entry(&mut metadata, &block, key, value).map_err(bad)?;
         }
     }
     let method = method.ok_or_else(|| Status::invalid_argument("request without :path"))?;
@@ -115,10 +115,10 @@ pub(crate) fn decode_response_head(block: Bytes) -> Result<ResponseHead, Status>
     // Each known pseudo-header at most once: bit 0 :status, 1 :message,
     // 2 :details, 3 :refused.
     let mut seen = 0u8;
-    for entry in BlockIter::new(block) {
+    for entry in BlockIter::new(&block) {
         let (key, value) = entry.map_err(internal_bad)?;
         if key.first() == Some(&b':') {
-            let bit = match &key[..] {
+            let bit = match key {
                 STATUS => 1,
                 MESSAGE => 2,
                 DETAILS => 4,
@@ -128,24 +128,25 @@ pub(crate) fn decode_response_head(block: Bytes) -> Result<ResponseHead, Status>
             if seen & bit != 0 {
                 return Err(internal_bad(format!(
                     "repeated {}",
-                    String::from_utf8_lossy(&key)
+                    String::from_utf8_lossy(key)
                 )));
             }
             seen |= bit;
-            match &key[..] {
+            match key {
                 STATUS => {
-                    let n = parse_decimal(&value)
+                    let n = parse_decimal(value)
                         .and_then(|n| u32::try_from(n).ok())
                         .ok_or_else(|| internal_bad(":status is not a number"))?;
                     head.code = Some(Code::from_u32(n));
                 }
-                MESSAGE => head.message = value,
-                DETAILS => head.details = value,
-                REFUSED => head.refused = &value[..] == b"1",
+                MESSAGE => head.message = block.slice_ref(value),
+                DETAILS => head.details = block.slice_ref(value),
+                REFUSED => head.refused = value == b"1",
                 _ => {}
             }
         } else {
-            metadata::push_wire_entry(&mut head.metadata, key, value).map_err(internal_bad)?;
+            metadata::push_wire_entry(&mut head.metadata, &block, key, value)
+                .map_err(internal_bad)?;
         }
     }
     Ok(head)
