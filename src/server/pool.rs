@@ -12,6 +12,10 @@
 //! task costs two uncontended locks and a wake-up, the same scheduling a
 //! spawn does.
 //!
+//! The free tasks end when the connection goes idle, and the first call
+//! after that (or the first of a new connection) gets a task of its own:
+//! a connection used once, or once in a while, keeps no task parked.
+//!
 //! Stopping a call (cancelled, timed out, connection closed) marks its
 //! generation on the task and wakes it: the task drops the call on its next
 //! turn, as tokio drops an aborted task.
@@ -24,6 +28,7 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 use pin_project_lite::pin_project;
+use tokio::task::AbortHandle;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -37,23 +42,35 @@ pub(crate) trait Stop: Send + Sync {
 }
 
 /// A running call's handle, kept with its stream.
-pub(crate) struct PoolCall {
-    task: Arc<dyn Stop>,
-    generation: u64,
+pub(crate) enum PoolCall {
+    /// A task of the pool, running call `generation`.
+    Pooled {
+        task: Arc<dyn Stop>,
+        generation: u64,
+    },
+    /// A task of its own (the first call of a cold pool).
+    Spawned(AbortHandle),
 }
 
 impl PoolCall {
     /// Stops the call (its handler is dropped on the task's next turn).
     pub(crate) fn stop(self) {
-        self.task.stop(self.generation);
+        match self {
+            PoolCall::Pooled { task, generation } => task.stop(generation),
+            PoolCall::Spawned(handle) => handle.abort(),
+        }
     }
 }
 
 impl std::fmt::Debug for PoolCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolCall")
-            .field("generation", &self.generation)
-            .finish()
+        match self {
+            PoolCall::Pooled { generation, .. } => f
+                .debug_struct("Pooled")
+                .field("generation", generation)
+                .finish(),
+            PoolCall::Spawned(_) => f.write_str("Spawned"),
+        }
     }
 }
 
@@ -105,6 +122,10 @@ pub(crate) struct CallPool<T> {
     /// Free tasks taken from the shared list in one go.
     spare: Vec<Arc<Worker<T>>>,
     generation: u64,
+    /// Calls went to the pool since it was created or last released; when
+    /// not, a call gets a task of its own: a connection used for one call
+    /// now and then (or once) keeps no pooled task and pays only a spawn.
+    warm: bool,
 }
 
 impl<T> std::fmt::Debug for CallPool<T> {
@@ -127,11 +148,16 @@ where
             })),
             spare: Vec::new(),
             generation: 0,
+            warm: false,
         }
     }
 
     /// Runs `call` in a free task, or in a new one when every task is busy.
     pub(crate) fn run(&mut self, call: T) -> PoolCall {
+        if !self.warm {
+            self.warm = true;
+            return PoolCall::Spawned(tokio::spawn(call).abort_handle());
+        }
         self.generation += 1;
         let generation = self.generation;
         if self.spare.is_empty() {
@@ -162,7 +188,7 @@ where
                 task
             }
         };
-        PoolCall { task, generation }
+        PoolCall::Pooled { task, generation }
     }
 
     /// Ends the tasks without a call, and those still finishing their last
@@ -171,6 +197,7 @@ where
     pub(crate) fn release_idle(&mut self) {
         self.end_free_tasks();
         self.spare = Vec::new();
+        self.warm = false;
     }
 }
 
@@ -266,6 +293,13 @@ mod tests {
 
     type BoxCall = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+    /// A pool past its first call (which gets a task of its own).
+    fn warm_pool() -> CallPool<BoxCall> {
+        let mut pool = CallPool::new();
+        pool.warm = true;
+        pool
+    }
+
     /// Runs a call in `pool` that waits for the returned sender.
     fn start(
         pool: &mut CallPool<BoxCall>,
@@ -289,7 +323,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_task_takes_the_next_call_and_a_stopped_call_is_dropped() {
         let dropped = Arc::new(AtomicUsize::new(0));
-        let mut pool = CallPool::new();
+        let mut pool = warm_pool();
         let (tx1, first) = start(&mut pool, &dropped);
         tx1.send(()).unwrap();
         // The task comes back to the free list once the call ends.
@@ -329,7 +363,7 @@ mod tests {
     #[tokio::test]
     async fn a_stale_stop_leaves_the_next_call_alone() {
         let dropped = Arc::new(AtomicUsize::new(0));
-        let mut pool = CallPool::new();
+        let mut pool = warm_pool();
         let (tx1, first) = start(&mut pool, &dropped);
         tx1.send(()).unwrap();
         until(|| !lock(&pool.free).tasks.is_empty()).await;
@@ -347,9 +381,12 @@ mod tests {
     #[tokio::test]
     async fn a_task_finishing_after_the_connection_went_idle_ends() {
         let dropped = Arc::new(AtomicUsize::new(0));
-        let mut pool = CallPool::new();
+        let mut pool = warm_pool();
         let (tx1, first) = start(&mut pool, &dropped);
-        let task = Arc::downgrade(&first.task);
+        let PoolCall::Pooled { task, .. } = &first else {
+            panic!("a warm pool runs calls in its tasks");
+        };
+        let task = Arc::downgrade(task);
         drop(first);
         // The connection saw the reply and went idle before the task came
         // back: the task must not stay parked.
@@ -357,10 +394,15 @@ mod tests {
         tx1.send(()).unwrap();
         until(|| task.strong_count() == 0).await;
         assert!(lock(&pool.free).tasks.is_empty());
-        // The next call finds the pool keeping its tasks again.
-        let (tx2, _second) = start(&mut pool, &dropped);
+        // Cold again: the next call gets a task of its own, the one after
+        // it a pooled task, kept when its call ends.
+        let (tx2, second) = start(&mut pool, &dropped);
+        assert!(matches!(second, PoolCall::Spawned(_)));
+        let (tx3, third) = start(&mut pool, &dropped);
+        assert!(matches!(third, PoolCall::Pooled { .. }));
         tx2.send(()).unwrap();
+        tx3.send(()).unwrap();
         until(|| lock(&pool.free).tasks.len() == 1).await;
-        assert_eq!(dropped.load(Ordering::SeqCst), 2);
+        assert_eq!(dropped.load(Ordering::SeqCst), 3);
     }
 }
