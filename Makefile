@@ -45,6 +45,7 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p trpc --no-default-features --all-targets -- -D warnings
 
 unit:
 	$(CARGO) test --workspace --all-targets

@@ -23,7 +23,6 @@
 //! ```
 
 mod accept;
-use crate::grpc::server::Http;
 pub(crate) use accept::{ConnCtx, ConnService};
 mod call;
 mod conn;
@@ -552,13 +551,14 @@ async fn serve_tls<S: ConnService>(
             let mut ext = http::Extensions::new();
             ext.insert(info);
             ctx.extensions = Some(ext);
+            use crate::grpc::server::{serve_http, Http};
             let http = match alpn.as_deref() {
                 Some(crate::tls::ALPN_H2) if ctx.cfg.grpc => Some(Http::H2),
                 Some(crate::tls::ALPN_HTTP1) if ctx.cfg.http1 => Some(Http::H1),
                 _ => None,
             };
             match http {
-                Some(http) => crate::grpc::server::serve_http(http, io, ctx).await,
+                Some(http) => serve_http(http, io, ctx).await,
                 None => accept::serve_connection(io, ctx).await,
             }
         }
