@@ -160,6 +160,12 @@ async fn a_peer_that_never_finishes_identifying_itself_is_cut_at_the_handshake_t
     // An HTTP method prefix that never completes: the same.
     let partial = first_bytes(h.addr, b"GE").await;
     assert!(partial.is_empty(), "{partial:?}");
+    // Part of the HTTP/2 preface (gRPC is on): the same; the HTTP/2 server
+    // would have waited for the rest for ever (found by fuzzing).
+    let t0 = Instant::now();
+    let partial = first_bytes(h.addr, b"PRI * HTTP/2.0").await;
+    assert!(partial.is_empty(), "{partial:?}");
+    assert!(t0.elapsed() < HANDSHAKE + Duration::from_secs(1));
     by.finish().await;
     h.server.shutdown().await;
 

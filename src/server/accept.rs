@@ -36,7 +36,9 @@ pub(crate) enum Detected {
 
 /// Classifies a connection by its first bytes; `None` until enough arrived.
 pub(crate) fn detect(prefix: &[u8]) -> Option<Detected> {
-    const H2: &[u8] = b"PRI * HTTP/2.0";
+    // The whole client preface: hyper waits for it without a timeout, so it
+    // is read here, under the handshake timeout.
+    const H2: &[u8] = H2_PREFACE;
     const METHODS: [&[u8]; 9] = [
         b"GET ",
         b"POST ",
@@ -79,6 +81,37 @@ pub(crate) fn detect(prefix: &[u8]) -> Option<Detected> {
         None
     } else {
         Some(Detected::Unknown)
+    }
+}
+
+/// The HTTP/2 client preface (RFC 9113 §3.4).
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the HTTP/2 client preface of a connection that negotiated `h2`
+/// (TLS ALPN) within `limit`, and gives back the bytes read for the HTTP/2
+/// server to replay: hyper waits for the preface without a timeout, so a
+/// peer that sends nothing, or part of it, would hold the connection.
+#[cfg(feature = "tls")]
+pub(crate) async fn read_h2_preface<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    limit: Duration,
+) -> Result<bytes::Bytes, String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = BytesMut::with_capacity(64);
+    let read = tokio::time::timeout(limit, async {
+        while buf.len() < H2_PREFACE.len() {
+            if io.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("closed before the HTTP/2 preface".to_string());
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match read {
+        Ok(Ok(())) if buf.starts_with(H2_PREFACE) => Ok(buf.freeze()),
+        Ok(Ok(())) => Err("not the HTTP/2 client preface".to_string()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("handshake timeout: no complete HTTP/2 preface".to_string()),
     }
 }
 
@@ -311,10 +344,52 @@ mod tests {
         assert_eq!(detect(b"tR\x01"), Some(Detected::Trpc));
         assert_eq!(detect(b"GE"), None);
         assert_eq!(detect(b"GET /"), Some(Detected::Http1));
-        assert_eq!(detect(b"PRI * HTTP/2.0\r\n"), Some(Detected::Http2));
+        assert_eq!(
+            detect(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Detected::Http2)
+        );
+        assert_eq!(detect(b"PRI * HTTP/2.0\r\n"), None);
         assert_eq!(detect(b"PRI * HT"), None);
+        assert_eq!(detect(b"PRI * HTTP/2.0\r\n\r\nXX"), Some(Detected::Unknown));
         assert_eq!(detect(&[0x16, 0x03, 0x01]), Some(Detected::Tls));
         assert_eq!(detect(b"\xff\xff"), Some(Detected::Unknown));
         assert_eq!(detect(b"Gx"), Some(Detected::Unknown));
+    }
+
+    /// What the TLS path does after ALPN `h2`: the whole preface within the
+    /// limit, or the connection is given up.
+    #[cfg(feature = "tls")]
+    #[tokio::test(start_paused = true)]
+    async fn the_h2_preface_is_read_in_full_within_the_limit() {
+        use tokio::io::AsyncWriteExt;
+        let limit = Duration::from_secs(1);
+        // In two pieces, then a frame: all of it is handed on.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let read = tokio::spawn(async move { read_h2_preface(&mut server, limit).await });
+        tokio::task::yield_now().await;
+        client.write_all(&H2_PREFACE[10..]).await.unwrap();
+        client
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        let pre = read.await.unwrap().unwrap();
+        assert!(pre.starts_with(H2_PREFACE), "{pre:?}");
+        // Part of it, then silence: given up at the limit.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"PRI * HTTP/2.0").await.unwrap();
+        let t0 = Instant::now();
+        let e = read_h2_preface(&mut server, limit).await.unwrap_err();
+        assert!(e.contains("handshake timeout"), "{e}");
+        assert_eq!(t0.elapsed(), limit);
+        // Something else, or a close: refused at once.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&[b'x'; 24]).await.unwrap();
+        assert!(read_h2_preface(&mut server, limit).await.is_err());
+        drop(client);
+        let (client, mut server) = tokio::io::duplex(1024);
+        drop(client);
+        let e = read_h2_preface(&mut server, limit).await.unwrap_err();
+        assert!(e.contains("closed"), "{e}");
     }
 }

@@ -558,6 +558,17 @@ async fn serve_tls<S: ConnService>(
                 _ => None,
             };
             match http {
+                Some(Http::H2) => {
+                    let limit = ctx.cfg.handshake_timeout;
+                    let mut io = io;
+                    match accept::read_h2_preface(&mut io, limit).await {
+                        Ok(pre) => {
+                            let io = crate::grpc::server::Rewind::new(pre, io);
+                            serve_http(Http::H2, io, ctx).await
+                        }
+                        Err(why) => tracing::debug!(%peer, why, "TLS connection closed"),
+                    }
+                }
                 Some(http) => serve_http(http, io, ctx).await,
                 None => accept::serve_connection(io, ctx).await,
             }
