@@ -1,7 +1,8 @@
 //! The gRPC side of a trpc server's connections: ALPN under TLS (`h2` to
 //! gRPC, `trpc/1` to the native engine, on one port), graceful shutdown
 //! (GOAWAY to gRPC peers, in-flight calls drained, force-close after the
-//! grace period), and the server option that turns gRPC off.
+//! grace period), the server option that turns gRPC off, and a TLS peer
+//! that negotiates `h2` but never completes the HTTP/2 preface.
 
 use std::time::Duration;
 
@@ -217,5 +218,73 @@ async fn an_idle_grpc_connection_gets_a_goaway_at_the_idle_timeout() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(channel.connections(), 1);
+    server.shutdown().await;
+}
+
+/// A TLS client (Python's `ssl`) that negotiates `h2`, sends part of the
+/// HTTP/2 preface and waits: the server must close at the handshake
+/// timeout without a word, not hand the connection to the HTTP/2 server
+/// (which would answer with its SETTINGS and wait for the rest for ever).
+const PARTIAL_PREFACE_OVER_TLS: &str = r#"
+import socket, ssl, sys, time
+ctx = ssl.create_default_context(cadata=sys.stdin.read())
+ctx.set_alpn_protocols(["h2"])
+tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))),
+                      server_hostname="localhost")
+assert tls.selected_alpn_protocol() == "h2", tls.selected_alpn_protocol()
+tls.sendall(b"PRI * HTTP/2.0")
+tls.settimeout(30)
+t0, got = time.monotonic(), b""
+while True:
+    try:
+        chunk = tls.recv(4096)
+    except (ssl.SSLError, OSError):
+        break
+    if not chunk:
+        break
+    got += chunk
+print(f"{time.monotonic() - t0:.3f} {len(got)}")
+"#;
+
+#[tokio::test]
+async fn a_tls_peer_that_sends_part_of_the_h2_preface_is_closed_at_the_handshake_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let ca = TestCa::new("preface test ca").unwrap();
+    let cert = ca.server(&["localhost"]).unwrap();
+    let tls = ServerTlsConfig::from_pem(&cert.cert, &cert.key).unwrap();
+    let handshake = Duration::from_millis(500);
+    let server = serve_with(
+        Server::builder()
+            .handshake_timeout(handshake)
+            .tls_config(tls)
+            .unwrap(),
+        router(),
+    )
+    .await;
+    let py = trpc_integration::python::venv_python().await;
+    let mut child = tokio::process::Command::new(py)
+        .args(["-c", PARTIAL_PREFACE_OVER_TLS])
+        .arg(server.addr.port().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn python");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(ca.cert_pem().as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = within(SOON, "the python client", child.wait_with_output())
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.is_empty(), "the python client failed");
+    let mut fields = out.split_whitespace();
+    let secs: f64 = fields.next().unwrap().parse().unwrap();
+    let bytes: usize = fields.next().unwrap().parse().unwrap();
+    assert_eq!(bytes, 0, "the server answered a partial preface: {out}");
+    assert!(
+        secs < handshake.as_secs_f64() + 2.0,
+        "closed after {secs} s, handshake timeout {handshake:?}"
+    );
     server.shutdown().await;
 }
