@@ -18,7 +18,6 @@ use crate::frame::{Flags, Frame, FrameHeader, Goaway, GoawayCode};
 use crate::proto::{ConnError, Exit, Role, Shared, State, StreamState};
 use crate::request::Response;
 use crate::status::{Code, Status};
-use crate::stream::{CreditSink, InboundShared, Incoming};
 use crate::wire::{self, ResponseHead};
 
 /// The client's part of a connection.
@@ -131,18 +130,7 @@ impl Role for ClientRole {
             s.state = StreamState::Closed;
         } else {
             // A streaming response: messages follow in DATA frames.
-            let inbound = InboundShared::new(self.shared.stats.clone());
-            if let Some(m) = message {
-                // Not flow controlled: no credit owed.
-                inbound.push_uncredited(m);
-            }
-            let sink: Arc<dyn CreditSink> = self.shared.clone();
-            let body = Body::stream(Incoming::new(
-                inbound.clone(),
-                sink,
-                id,
-                self.shared.recv_stream_window as usize,
-            ));
+            let (inbound, body) = self.shared.incoming(id, message);
             let mut resp = Response::new(body);
             *resp.metadata_mut() = head.metadata;
             s.inbound = Some(inbound);

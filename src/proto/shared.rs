@@ -18,11 +18,11 @@ use tokio_util::time::DelayQueue;
 use super::flow::{RecvWindow, SendWindow};
 use super::settings::PeerSettings;
 use super::streams::Stream;
-use crate::body::Payload;
+use crate::body::{Body, Payload};
 use crate::frame::{self, WriteBuf};
 use crate::stats::TransportStats;
 use crate::status::Status;
-use crate::stream::CreditSink;
+use crate::stream::{CreditSink, InboundShared, Incoming};
 use crate::util::IdMap;
 use crate::wire;
 
@@ -317,6 +317,31 @@ impl<X: RoleStream> Shared<X> {
         }
         self.wake_task();
         Poll::Ready(Ok(()))
+    }
+}
+
+impl<X: RoleStream + 'static> Shared<X> {
+    /// The message stream of stream `id` whose opening HEADERS did not end
+    /// it (a streaming request or response): `first` is the message that
+    /// rode in the HEADERS (not flow controlled, so no credit is owed for
+    /// it); the rest arrive in DATA frames, credited as they are consumed.
+    pub(crate) fn incoming(
+        self: &Arc<Self>,
+        id: u32,
+        first: Option<Payload>,
+    ) -> (Arc<InboundShared>, Body) {
+        let inbound = InboundShared::new(self.stats.clone());
+        if let Some(m) = first {
+            inbound.push_uncredited(m);
+        }
+        let sink: Arc<dyn CreditSink> = self.clone();
+        let body = Body::stream(Incoming::new(
+            inbound.clone(),
+            sink,
+            id,
+            self.recv_stream_window as usize,
+        ));
+        (inbound, body)
     }
 }
 

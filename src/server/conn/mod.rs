@@ -34,7 +34,7 @@ use crate::proto::{
 };
 use crate::request::{DeadlineSink, Request, Response};
 use crate::status::{BoxError, Code, Status};
-use crate::stream::{CreditSink, HoldCredit, InboundShared, Incoming};
+use crate::stream::HoldCredit;
 use crate::wire;
 
 mod role;

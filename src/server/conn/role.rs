@@ -95,17 +95,7 @@ where
             message.map_or_else(Body::empty, Body::once)
         } else {
             // A streaming request: messages follow in DATA frames.
-            let inbound = InboundShared::new(self.cfg.stats.clone());
-            if let Some(m) = message {
-                inbound.push_uncredited(m);
-            }
-            let sink: Arc<dyn CreditSink> = self.shared.clone();
-            let body = Body::stream(Incoming::new(
-                inbound.clone(),
-                sink,
-                id,
-                self.shared.recv_stream_window as usize,
-            ));
+            let (inbound, body) = self.shared.incoming(id, message);
             stream.inbound = Some(inbound.clone());
             hold = Some(HoldCredit(inbound));
             if self.next_idle_stream_check.is_none() {
