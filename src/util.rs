@@ -121,6 +121,19 @@ fn parse_duration_opt(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
+/// Replaces each empty collection with a new one, giving its capacity back
+/// (what an idle connection does with the buffers of its busy times).
+macro_rules! release_empty {
+    ($($c:expr),+ $(,)?) => {
+        $(
+            if $c.is_empty() {
+                $c = Default::default();
+            }
+        )+
+    };
+}
+pub(crate) use release_empty;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,20 @@ async fn trpc(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `trpc call TARGET echo.Echo/Say {"message":"hi"} --repeat N`.
+async fn say_repeat(target: &str, n: u32) -> (i32, String, String) {
+    let n = n.to_string();
+    trpc(&[
+        "call",
+        target,
+        "echo.Echo/Say",
+        r#"{"message":"hi"}"#,
+        "--repeat",
+        &n,
+    ])
+    .await
+}
+
 /// The count `--repeat` printed for `addr`.
 fn count_for(stdout: &str, addr: &SocketAddr) -> usize {
     stdout
@@ -66,15 +80,7 @@ async fn repeat_over_a_static_target_tallies_replies_per_replica() {
         replica(None).await,
     ];
     let target = format!("static://{},{},{}", addrs[0], addrs[1], addrs[2]);
-    let (code, out, err) = trpc(&[
-        "call",
-        &target,
-        "echo.Echo/Say",
-        r#"{"message":"hi"}"#,
-        "--repeat",
-        "30",
-    ])
-    .await;
+    let (code, out, err) = say_repeat(&target, 30).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with(&format!("30 calls to {target}:")), "{out}");
     for a in &addrs {
@@ -150,15 +156,7 @@ async fn a_dns_target_resolves_and_calls() {
 async fn a_grpc_target_calls_over_grpc() {
     let addr = replica(None).await;
     let target = format!("grpc://{addr}");
-    let (code, out, err) = trpc(&[
-        "call",
-        &target,
-        "echo.Echo/Say",
-        r#"{"message":"hi"}"#,
-        "--repeat",
-        "3",
-    ])
-    .await;
+    let (code, out, err) = say_repeat(&target, 3).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(count_for(&out, &addr), 3, "{out}");
     let (code, out, err) = trpc(&["call", &target, "echo.Echo/Say", r#"{"message":"hi"}"#]).await;

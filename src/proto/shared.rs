@@ -117,15 +117,7 @@ impl<X: RoleStream> State<X> {
         if self.deadlines.as_ref().is_some_and(|q| q.is_empty()) {
             self.deadlines = None;
         }
-        if self.streams.is_empty() {
-            self.streams = IdMap::default();
-        }
-        if self.send_blocked.is_empty() {
-            self.send_blocked = Vec::new();
-        }
-        if self.woken.is_empty() {
-            self.woken = Vec::new();
-        }
+        crate::util::release_empty!(self.streams, self.send_blocked, self.woken);
     }
 
     /// Removes stream `id` (and its deadline) from the table.

@@ -402,20 +402,12 @@ where
 
     fn release_idle(&mut self) {
         self.pool.release_idle();
-        if self.queue.is_empty() {
-            self.queue = VecDeque::new();
-        }
-        if self.replies.is_empty() {
-            self.replies = Vec::new();
-        }
-        if self.started.is_empty() {
-            self.started = Vec::new();
-        }
-        if self.drop_local.is_empty() {
-            self.drop_local = Vec::new();
-        }
-        if self.drop_requests.is_empty() {
-            self.drop_requests = Vec::new();
-        }
+        crate::util::release_empty!(
+            self.queue,
+            self.replies,
+            self.started,
+            self.drop_local,
+            self.drop_requests,
+        );
     }
 }
