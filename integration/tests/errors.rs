@@ -1,13 +1,15 @@
-//! Errors end to end: unknown methods, handler statuses, and handler panics
-//! that leave the server and the connection serving.
+//! Errors end to end: unknown methods, handler statuses, and panics (in a
+//! handler, in a middleware's `call`) that leave the server and the
+//! connection serving.
 
 use bytes::Bytes;
-use trpc::server::{unary, Router};
-use trpc::{Client, Code, Request, Response, Status};
+use tower::util::MapRequestLayer;
+use trpc::server::{unary, Router, Server};
+use trpc::{Body, Client, Code, Request, Response, Status};
 
 use trpc_integration::client::connect;
 use trpc_integration::messages::EchoMsg;
-use trpc_integration::server::serve;
+use trpc_integration::server::{serve, serve_with};
 use trpc_integration::{within, SOON};
 
 fn router() -> Router {
@@ -109,6 +111,65 @@ async fn handler_panic_is_internal_and_the_same_connection_serves_the_next_call(
     assert_eq!(before.message, after.message, "the connection was replaced");
     assert_eq!(channel.connections(), 1);
     server.shutdown().await;
+}
+
+/// A middleware whose `call` panics for one method (before any handler
+/// future exists).
+fn panic_in_call(req: Request<Body>) -> Request<Body> {
+    if req.method().as_str() == "err.Err/PanicInCall" {
+        panic!("middleware panic requested");
+    }
+    req
+}
+
+async fn a_panic_in_a_services_call_fails_only_that_call(inline: bool) {
+    let server = Server::builder()
+        .inline_handlers(inline)
+        .layer(MapRequestLayer::new(panic_in_call));
+    let server = serve_with(server, router()).await;
+    let channel = connect(server.addr).await;
+    let mut client = Client::new(channel.clone());
+    let before: EchoMsg = within(
+        SOON,
+        "peer",
+        client.unary_message("err.Err/Peer", EchoMsg::new("")),
+    )
+    .await
+    .expect("peer");
+    for _ in 0..3 {
+        let err = within(
+            SOON,
+            "a call whose middleware panics",
+            client.unary_message::<_, EchoMsg>("err.Err/PanicInCall", EchoMsg::new("x")),
+        )
+        .await
+        .expect_err("the middleware panics");
+        assert_eq!(err.code(), Code::Internal, "{err:?}");
+        assert!(
+            err.message().contains("middleware panic requested"),
+            "{err:?}"
+        );
+    }
+    let after: EchoMsg = within(
+        SOON,
+        "peer",
+        client.unary_message("err.Err/Peer", EchoMsg::new("")),
+    )
+    .await
+    .expect("the connection still serves");
+    assert_eq!(before.message, after.message, "the connection was replaced");
+    assert_eq!(channel.connections(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_panic_in_a_services_call_fails_only_that_call_in_a_task() {
+    a_panic_in_a_services_call_fails_only_that_call(false).await;
+}
+
+#[tokio::test]
+async fn a_panic_in_a_services_call_fails_only_that_call_inline() {
+    a_panic_in_a_services_call_fails_only_that_call(true).await;
 }
 
 #[tokio::test]

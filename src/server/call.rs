@@ -1,6 +1,7 @@
-//! One server call as a future of its own ([`CallTask`]): the handler, then
-//! for a streaming response the response stream, written as the client's
-//! flow-control windows allow. It writes its own frames into the
+//! One server call as a future of its own ([`CallTask`]): the service's
+//! `call` (the layers' work, the router's lookup; a panic there fails only
+//! this call), the handler, then for a streaming response the response
+//! stream, written as the client's flow-control windows allow. It writes its own frames into the
 //! connection's shared output, so it runs the same whether the connection
 //! hands it to a task of its pool (the default: handlers use every core,
 //! see `pool.rs`) or polls it in its own task (inline mode, for handlers
@@ -18,12 +19,13 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream as _;
 use pin_project_lite::pin_project;
+use tower_service::Service;
 
 use super::stream::{Reply, ServerStream};
 use crate::body::{Body, Payload};
 use crate::metadata::MetadataMap;
 use crate::proto::{SendError, Shared, State};
-use crate::request::{Method, Response};
+use crate::request::{Method, Request, Response};
 use crate::status::{BoxError, Code, Status};
 use crate::wire;
 
@@ -31,19 +33,25 @@ use crate::wire;
 const STREAM_TURN_BYTES: usize = 256 * 1024;
 
 pin_project! {
-    /// A call: its handler future, then its response stream.
-    pub(crate) struct CallTask<F> {
+    /// A call: the service's `call`, its handler future, then its response
+    /// stream.
+    pub(crate) struct CallTask<S, F> {
         shared: Arc<Shared<ServerStream>>,
         id: u32,
         method: Method,
         #[pin]
-        phase: Phase<F>,
+        phase: Phase<S, F>,
     }
 }
 
 pin_project! {
     #[project = PhaseProj]
-    enum Phase<F> {
+    enum Phase<S, F> {
+        // The service instance made ready for this call, and the request:
+        // `call` runs in the call's task, so the work of the layers and the
+        // handler's allocations happen on the thread that runs the handler
+        // and later frees them (glibc's per-thread caches serve both).
+        Start { svc: Option<S>, req: Option<Request<Body>> },
         Handler { #[pin] fut: F },
         Streaming {
             body: Body,
@@ -74,24 +82,35 @@ fn panicked(method: &Method, panic: &(dyn Any + Send)) -> Status {
     Status::internal(format!("handler panicked: {msg}"))
 }
 
-impl<F, E> CallTask<F>
+impl<S, E> CallTask<S, S::Future>
 where
-    F: Future<Output = Result<Response<Body>, E>>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = E>,
     E: Into<BoxError>,
 {
-    pub(crate) fn new(shared: Arc<Shared<ServerStream>>, id: u32, method: Method, fut: F) -> Self {
+    /// A call that calls `svc` (an instance whose `poll_ready` said ready)
+    /// with `req` when it is first polled.
+    pub(crate) fn new(
+        shared: Arc<Shared<ServerStream>>,
+        id: u32,
+        method: Method,
+        svc: S,
+        req: Request<Body>,
+    ) -> Self {
         CallTask {
             shared,
             id,
             method,
-            phase: Phase::Handler { fut },
+            phase: Phase::Start {
+                svc: Some(svc),
+                req: Some(req),
+            },
         }
     }
 }
 
-impl<F, E> Future for CallTask<F>
+impl<S, E> Future for CallTask<S, S::Future>
 where
-    F: Future<Output = Result<Response<Body>, E>>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = E>,
     E: Into<BoxError>,
 {
     type Output = ();
@@ -100,6 +119,22 @@ where
         let mut this = self.project();
         loop {
             match this.phase.as_mut().project() {
+                PhaseProj::Start { svc, req } => {
+                    let (Some(mut svc), Some(req)) = (svc.take(), req.take()) else {
+                        this.phase.set(Phase::Done);
+                        return Poll::Ready(());
+                    };
+                    match catch_unwind(AssertUnwindSafe(|| svc.call(req))) {
+                        Ok(fut) => this.phase.set(Phase::Handler { fut }),
+                        Err(panic) => {
+                            let status = panicked(this.method, &*panic);
+                            this.shared.side.push(*this.id, Err(status));
+                            this.shared.wake_task();
+                            this.phase.set(Phase::Done);
+                            return Poll::Ready(());
+                        }
+                    }
+                }
                 PhaseProj::Handler { fut } => {
                     let out = match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
                         Ok(Poll::Pending) => return Poll::Pending,

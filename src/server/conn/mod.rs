@@ -42,7 +42,7 @@ mod role;
 /// The largest stream id (ids are 31-bit).
 const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 
-type Call<S> = CallTask<<S as Service<Request<Body>>>::Future>;
+type Call<S> = CallTask<S, <S as Service<Request<Body>>>::Future>;
 
 /// The server's part of a trpc connection.
 pub(crate) struct ServerRole<S: Service<Request<Body>>> {
@@ -97,7 +97,7 @@ pub(crate) struct ServerRole<S: Service<Request<Body>>> {
 
 impl<S> ServerRole<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
@@ -256,9 +256,13 @@ where
                 }
                 continue;
             }
+            // The instance made ready goes with the call (tower's
+            // ready-then-call contract), which calls it; a clone takes its
+            // place here.
+            let fresh = self.svc.clone();
+            let svc = std::mem::replace(&mut self.svc, fresh);
             let method = req.method().clone();
-            let fut = self.svc.call(req);
-            let task = CallTask::new(self.shared.clone(), id, method, fut);
+            let task = CallTask::new(self.shared.clone(), id, method, svc, req);
             let call = match &mut self.local {
                 Some(local) => match local.push(task) {
                     Some(idx) => CallRef::Local(idx),
@@ -394,7 +398,7 @@ where
 async fn finish<IO, S>(mut driver: Driver<IO, ServerRole<S>>, result: Result<Exit, ConnError>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
