@@ -24,6 +24,7 @@ mod procfs;
 mod report;
 mod run;
 mod systems;
+mod wire;
 
 use systems::{Client, System};
 
@@ -98,6 +99,32 @@ enum Command {
         /// Tokio worker threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+    },
+    /// Drive a running server with the wire-level load generator (one
+    /// thread, pre-encoded frames, no framework client): what the "same
+    /// load generator" table measures.
+    Wire {
+        /// The system the server speaks (raw, trpc, trpc-inline, trpc-std).
+        #[arg(long, value_enum)]
+        system: System,
+        /// The server's address.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The server's process id, to report its CPU time per call.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Calls in flight.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Warm-up, ms.
+        #[arg(long, default_value_t = 500)]
+        warmup_ms: u64,
+        /// Measured window, ms.
+        #[arg(long, default_value_t = 3000)]
+        window_ms: u64,
     },
 }
 
@@ -218,6 +245,31 @@ fn main() {
                 calls as f64 / took.as_secs_f64()
             );
         }),
+        Some(Command::Wire {
+            system,
+            addr,
+            pid,
+            concurrency,
+            payload,
+            warmup_ms,
+            window_ms,
+        }) => {
+            let payload = messages::payload(payload);
+            let s = wire::run(
+                system,
+                addr,
+                pid,
+                &payload,
+                concurrency,
+                Duration::from_millis(warmup_ms),
+                Duration::from_millis(window_ms),
+            )
+            .unwrap_or_else(|e| fail(e));
+            println!(
+                "{system}: {:.0} calls/s, {concurrency} in flight, server CPU {:.2} µs/call, generator CPU {:.2} µs/call",
+                s.rps, s.server_cpu_us, s.client_cpu_us
+            );
+        }
     }
 }
 
@@ -263,6 +315,7 @@ fn bench(args: RunArgs) {
         idle_conns: 1000,
         unary_only: args.unary_only || args.layers_only,
         layers: !args.no_layers,
+        wire: !args.layers_only,
         command,
     };
     let report = runtime(threads)

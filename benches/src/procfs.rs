@@ -23,8 +23,16 @@ pub(crate) fn clock_ticks() -> u64 {
 
 /// CPU time (user + system) of process `pid` so far, in clock ticks.
 pub(crate) fn cpu_ticks(pid: u32) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    stat_ticks(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time (user + system) of the calling thread so far, in clock ticks.
+pub(crate) fn thread_cpu_ticks() -> Result<u64, String> {
+    stat_ticks("/proc/thread-self/stat")
+}
+
+fn stat_ticks(path: &str) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
     // The command name may contain spaces: fields start after the last ')'.
     let rest = stat
         .rsplit_once(')')

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::load::Sample;
 use crate::run::{fmt_size, Cell, Plan, Results, LAYER_CELL};
 use crate::systems::System;
+use crate::wire::{self, WireSample};
 
 /// The outcome of a run.
 #[derive(Debug)]
@@ -189,6 +190,7 @@ impl Report {
                 true,
                 rps,
             ),
+            self.wire_target(),
             self.layer_target(),
             self.unary_target(
                 "#6",
@@ -301,6 +303,73 @@ impl Report {
             at_least: true,
             unit: "×",
         }
+    }
+
+    /// Median of the per-round ratios `a ÷ b` of the wire generator's req/s.
+    fn wire_ratio(&self, a: System, b: System) -> Option<f64> {
+        match (self.results.wire.get(&a), self.results.wire.get(&b)) {
+            (Some(x), Some(y)) if x.len() == y.len() && !x.is_empty() => Some(median(
+                x.iter().zip(y).map(|(x, y)| x.rps / y.rps).collect(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Issue #11's trpc ÷ raw with the one load generator for both servers.
+    fn wire_target(&self) -> Target {
+        Target {
+            source: "#11",
+            what: format!(
+                "{} B, {} in flight, one load generator for both servers: trpc req/s ÷ raw",
+                LAYER_CELL.payload, LAYER_CELL.concurrency
+            ),
+            measured: self.wire_ratio(System::Trpc, System::Raw),
+            goal: 0.6,
+            at_least: true,
+            unit: "×",
+        }
+    }
+
+    fn fmt_wire(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.results.wire.is_empty() {
+            return Ok(());
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "### Servers alone: one load generator for all ({} × {} in flight)",
+            fmt_size(LAYER_CELL.payload),
+            LAYER_CELL.concurrency
+        )?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "The same client drives every server: one thread writing pre-encoded request \
+             frames and checking every reply (`trpc-bench wire`), so the ratios price the \
+             servers only."
+        )?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "| server | req/s | vs raw | server CPU/call | generator CPU/call |"
+        )?;
+        writeln!(f, "|---|---:|---:|---:|---:|")?;
+        for &sys in wire::SYSTEMS {
+            let Some(v) = self.results.wire.get(&sys) else {
+                continue;
+            };
+            let m = |g: fn(&WireSample) -> f64| median(v.iter().map(g).collect());
+            writeln!(
+                f,
+                "| {} | {} | {} | {} | {} |",
+                sys.label(),
+                rate(m(|s| s.rps)),
+                ratio_cell(self.wire_ratio(sys, System::Raw)),
+                us(m(|s| s.server_cpu_us)),
+                us(m(|s| s.client_cpu_us)),
+            )?;
+        }
+        Ok(())
     }
 
     fn std_target(&self, cell: Option<Cell>) -> Target {
@@ -500,6 +569,7 @@ impl fmt::Display for Report {
                 )?;
             }
         }
+        self.fmt_wire(f)?;
         self.fmt_layers(f)?;
         writeln!(f)?;
         writeln!(f, "### Targets")?;

@@ -13,6 +13,7 @@ use crate::messages::payload;
 use crate::procfs::{self, ServerProc};
 use crate::report::Report;
 use crate::systems::{Client, System};
+use crate::wire::{self, WireSample};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -45,6 +46,9 @@ pub(crate) struct Plan {
     pub(crate) unary_only: bool,
     /// Price each layer of the standard stack (64 B, 256 in flight).
     pub(crate) layers: bool,
+    /// Drive the servers [`wire::SYSTEMS`] with the one wire-level load
+    /// generator (64 B, 256 in flight).
+    pub(crate) wire: bool,
     /// The command line, for the report.
     pub(crate) command: String,
 }
@@ -76,6 +80,9 @@ pub(crate) struct Results {
     pub(crate) unary: HashMap<(System, Cell), Vec<Sample>>,
     /// The layer-pricing samples (cell [`LAYER_CELL`]), one per round.
     pub(crate) layers: HashMap<System, Vec<Sample>>,
+    /// The wire-level generator's samples (cell [`LAYER_CELL`]), one per
+    /// round.
+    pub(crate) wire: HashMap<System, Vec<WireSample>>,
     /// 16 MiB round-trip times per round (median of the round's iterations).
     pub(crate) big: HashMap<System, Vec<Duration>>,
     /// Streaming download throughput per round, bytes/s.
@@ -160,6 +167,9 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, String> {
     let mut all = plan.systems.clone();
     if plan.layers {
         all.extend(System::LAYERS);
+    }
+    if plan.wire {
+        all.extend(wire::SYSTEMS);
     }
     all.sort();
     all.dedup();
@@ -246,6 +256,40 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, String> {
                     .await
                     .map_err(|e| format!("{sys}, layer costs: {e}"))?;
                 results.layers.entry(sys).or_default().push(sample);
+            }
+        }
+    }
+
+    if plan.wire {
+        let payload = payload(LAYER_CELL.payload);
+        for round in 0..plan.rounds {
+            for sys in rotated(wire::SYSTEMS, round) {
+                progress.show(&format!(
+                    "one load generator · round {}/{} · {} × {} in flight · {}",
+                    round + 1,
+                    plan.rounds,
+                    fmt_size(LAYER_CELL.payload),
+                    LAYER_CELL.concurrency,
+                    sys.label()
+                ));
+                let server = servers.get(&sys).ok_or("no server")?;
+                let (addr, pid, payload) = (server.addr, server.pid, payload.clone());
+                let (warmup, window) = (plan.warmup, plan.window);
+                // The generator blocks on its socket: a thread of its own.
+                let sample = tokio::task::spawn_blocking(move || {
+                    wire::run(
+                        sys,
+                        addr,
+                        Some(pid),
+                        &payload,
+                        LAYER_CELL.concurrency,
+                        warmup,
+                        window,
+                    )
+                })
+                .await
+                .map_err(|e| format!("{sys}, one load generator: {e}"))??;
+                results.wire.entry(sys).or_default().push(sample);
             }
         }
     }

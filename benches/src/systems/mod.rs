@@ -139,9 +139,7 @@ pub(crate) async fn serve(system: System, listener: TcpListener) -> Result<(), S
         System::Trpc | System::TrpcGrpc => trpc::serve(listener, false)
             .await
             .map_err(|e| e.to_string()),
-        System::TrpcInline => trpc::serve(listener, true)
-            .await
-            .map_err(|e| e.to_string()),
+        System::TrpcInline => trpc::serve(listener, true).await.map_err(|e| e.to_string()),
         System::TrpcStd
         | System::TrpcTimeout
         | System::TrpcMetrics

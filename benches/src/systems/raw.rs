@@ -70,7 +70,7 @@ fn next_frame(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
         return Ok(None);
     }
     let len = (&buf[..4]).get_u32() as usize;
-    if len < HEADER - 4 || len > MAX_MESSAGE + HEADER {
+    if !(HEADER - 4..=MAX_MESSAGE + HEADER).contains(&len) {
         return Err(bad_frame("bad frame length"));
     }
     if buf.len() < 4 + len {
@@ -247,7 +247,13 @@ impl Client {
     }
 
     /// Registers a call and queues its frame; returns its slot.
-    fn start(&self, kind: u8, payload: &[u8], big: Option<&Bytes>, slot: Slot) -> Result<usize, String> {
+    fn start(
+        &self,
+        kind: u8,
+        payload: &[u8],
+        big: Option<&Bytes>,
+        slot: Slot,
+    ) -> Result<usize, String> {
         let mut st = self.shared.lock();
         if st.closed {
             return Err("raw: connection closed".into());

@@ -22,7 +22,7 @@ use super::trpc::{channel, router};
 use super::{System, MAX_MESSAGE};
 
 /// The bearer token every client presents.
-const TOKEN: &str = "bench-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "bench-token-0123456789abcdef";
 /// The call deadline of the timeout layer (never reached).
 const DEADLINE: Duration = Duration::from_secs(30);
 
