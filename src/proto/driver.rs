@@ -282,15 +282,8 @@ where
             let idle;
             {
                 let mut st = self.shared.lock();
-                while let Some(queue) = st.deadlines.as_mut().filter(|q| !q.is_empty()) {
-                    let Poll::Ready(Some(expired)) = queue.poll_expired(cx) else {
-                        break;
-                    };
-                    let id = expired.into_inner();
-                    if let Some(s) = st.streams.get_mut(&id) {
-                        s.deadline = None;
-                        self.role.on_deadline(&mut st, id);
-                    }
+                while let Some(id) = st.poll_expired(cx) {
+                    self.role.on_deadline(&mut st, id);
                 }
                 self.shared.register_task(cx.waker());
                 st.out_pending = self.wbuf.len();

@@ -5,6 +5,7 @@
 //! and the task that drives a connection. A client and a server differ only
 //! in their [`driver::Role`] (src/client/connection.rs, src/server/conn.rs).
 
+pub(crate) mod deadlines;
 pub(crate) mod driver;
 pub(crate) mod error;
 pub(crate) mod flow;

@@ -13,8 +13,8 @@ use std::task::{Context, Poll, Waker};
 
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
-use tokio_util::time::DelayQueue;
 
+use super::deadlines::Deadlines;
 use super::flow::{RecvWindow, SendWindow};
 use super::settings::PeerSettings;
 use super::streams::Stream;
@@ -63,9 +63,8 @@ pub(crate) struct State<X: RoleStream> {
     pub(crate) peer: PeerSettings,
     /// Deadlines of open streams: one timer for the whole connection.
     /// Created by the first deadline and dropped when the connection goes
-    /// idle: its timer wheel takes about 6 KiB, which an idle connection
-    /// should not hold.
-    pub(crate) deadlines: Option<DelayQueue<u32>>,
+    /// idle (an idle connection holds no timer or heap).
+    pub(crate) deadlines: Option<Deadlines>,
     /// Set once the connection is closed: why.
     pub(crate) closed: Option<Status>,
     /// Tasks to wake once the lock is released (filled under the lock).
@@ -100,15 +99,20 @@ impl<X: RoleStream> State<X> {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        let queue = self.deadlines.get_or_insert_with(DelayQueue::new);
-        match &s.deadline {
-            Some(key) => {
-                if at < queue.deadline(key) {
-                    queue.reset_at(key, at);
-                }
-            }
-            None => s.deadline = Some(queue.insert_at(id, at)),
+        let queue = self.deadlines.get_or_insert_with(Deadlines::new);
+        s.deadline = Some(queue.tighten(id, s.deadline, at));
+    }
+
+    /// The next stream whose deadline passed (its deadline cleared), if
+    /// any; registers the task for the earliest deadline otherwise.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<u32> {
+        let queue = self.deadlines.as_mut().filter(|q| !q.is_empty())?;
+        let streams = &mut self.streams;
+        let id = queue.poll_expired(cx, |id| streams.get(&id).and_then(|s| s.deadline))?;
+        if let Some(s) = streams.get_mut(&id) {
+            s.deadline = None;
         }
+        Some(id)
     }
 
     /// Gives back what an idle connection does not need: the deadline
@@ -123,8 +127,12 @@ impl<X: RoleStream> State<X> {
     /// Removes stream `id` (and its deadline) from the table.
     pub(crate) fn remove_stream(&mut self, id: u32) -> Option<Stream<X>> {
         let mut s = self.streams.remove(&id)?;
-        if let (Some(key), Some(queue)) = (s.deadline.take(), self.deadlines.as_mut()) {
-            queue.try_remove(&key);
+        if let (Some(_), Some(queue)) = (s.deadline.take(), self.deadlines.as_mut()) {
+            queue.removed();
+            if queue.wants_compaction() {
+                let streams = &self.streams;
+                queue.compact(|id| streams.get(&id).and_then(|s| s.deadline));
+            }
         }
         Some(s)
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::task::Waker;
 
-use tokio_util::time::delay_queue;
+use tokio::time::Instant;
 
 use super::flow::{RecvWindow, SendWindow};
 use crate::stream::InboundShared;
@@ -64,8 +64,9 @@ pub(crate) struct Stream<X> {
     pub(crate) send_waker: Option<Waker>,
     /// Messages received on the stream, while its reader may read them.
     pub(crate) inbound: Option<Arc<InboundShared>>,
-    /// The stream's entry in the connection's deadline queue.
-    pub(crate) deadline: Option<delay_queue::Key>,
+    /// The stream's deadline (its entry in the connection's
+    /// [`Deadlines`](super::deadlines::Deadlines)).
+    pub(crate) deadline: Option<Instant>,
     /// The role's part.
     pub(crate) ext: X,
 }

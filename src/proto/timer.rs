@@ -5,7 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Context;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::{Duration, Instant, Sleep};
+
+/// How far away a timer with nothing to wait for is armed.
+const IDLE: Duration = Duration::from_secs(30 * 86_400);
 
 /// A re-armable sleep that is polled only when it may have fired or was
 /// just re-armed (polling a timer costs more than checking a flag).
@@ -24,6 +27,19 @@ impl ConnTimer {
             at: now,
             polled: false,
         }
+    }
+
+    /// A timer with nothing to wait for yet (armed far in the future, so
+    /// that the first [`ensure`](Self::ensure) arms it).
+    pub(crate) fn idle(now: Instant) -> Self {
+        let mut t = Self::new(now + IDLE);
+        t.polled = true;
+        t
+    }
+
+    /// Disarms: nothing to wait for until the next [`ensure`](Self::ensure).
+    pub(crate) fn reset_idle(&mut self, now: Instant) {
+        self.reset(now + IDLE);
     }
 
     /// Fires at `at` (earlier or later than before).

@@ -135,7 +135,7 @@ mod tests {
         )
     }
 
-    /// The deadline queue (a ~6 KiB timer wheel) exists only while a
+    /// The deadline queue (a heap and a timer) exists only while a
     /// stream has a deadline, or until the connection next goes idle.
     #[tokio::test]
     async fn an_idle_connection_holds_no_deadline_queue() {
