@@ -6,7 +6,7 @@ use tower_service::Service;
 
 use crate::body::{Body, Payload};
 use crate::client::Trailers;
-use crate::codec::{set_codec_name, Codec, Json};
+use crate::codec::{encode_once, set_codec_name, Codec, Json};
 use crate::request::{Method, Request, RequestParts, Response};
 use crate::status::{BoxError, Code, Status};
 use crate::stream::Streaming;
@@ -173,7 +173,7 @@ impl<S, C> Client<S, C> {
         S::Error: Into<BoxError>,
     {
         let (parts, message) = request.into_parts();
-        let bytes = Codec::<Req>::encode_to_bytes(&self.codec, &message)?;
+        let bytes = encode_once(|buf| self.codec.encode(&message, buf))?;
         self.send(
             method,
             parts,

@@ -33,6 +33,8 @@ mod proto;
 pub use json::Json;
 pub use proto::Proto;
 
+use std::cell::RefCell;
+
 use bytes::{Bytes, BytesMut};
 
 use crate::metadata::MetadataMap;
@@ -60,6 +62,50 @@ pub trait Codec<T>: Clone + Send + Sync + 'static {
         self.encode(item, &mut buf)?;
         Ok(buf.freeze())
     }
+}
+
+/// Room a message buffer starts from (a chunk serves many small messages).
+const SCRATCH_CHUNK: usize = 4 << 10;
+/// A chunk with less room left than this is replaced before encoding.
+const SCRATCH_MIN_ROOM: usize = 256;
+/// A thread's buffer grown past this (a large message) is not kept.
+const SCRATCH_MAX_KEEP: usize = 64 << 10;
+
+thread_local! {
+    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Encodes the one message of a unary request or response: `encode`
+/// appends it to a buffer, and the message is cut from a per-thread chunk
+/// shared by the messages encoded after it, instead of a fresh allocation
+/// each. Such a message is copied into the connection's output (or sent
+/// from it) and dropped within a turn, so a chunk is soon free again and
+/// reused in place; a message kept longer keeps at most its chunk
+/// (4 KiB) alive. Messages of streams do not come here: one waiting for
+/// flow-control credit could keep a chunk per stream.
+pub(crate) fn encode_once(
+    encode: impl FnOnce(&mut BytesMut) -> Result<(), Status>,
+) -> Result<Bytes, Status> {
+    SCRATCH.with(|cell| {
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            // Encoding a message while encoding another (a codec that
+            // calls trpc): a buffer of its own.
+            let mut own = BytesMut::new();
+            encode(&mut own)?;
+            return Ok(own.freeze());
+        };
+        if buf.capacity() < SCRATCH_MIN_ROOM {
+            // Reuses the chunk in place once every message cut from it is
+            // gone; otherwise allocates the next one.
+            buf.reserve(SCRATCH_CHUNK);
+        }
+        let result = encode(&mut buf);
+        let message = buf.split();
+        if result.is_err() || buf.capacity() > SCRATCH_MAX_KEEP {
+            *buf = BytesMut::new();
+        }
+        result.map(|()| message.freeze())
+    })
 }
 
 /// The codec named in `metadata` (`trpc-codec`), or `json` when absent.
@@ -159,6 +205,80 @@ codec_tuple!(A 0, B 1, C 2);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put(bytes: &'static [u8]) -> impl FnOnce(&mut BytesMut) -> Result<(), Status> {
+        move |buf| {
+            buf.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn unary_messages_share_a_chunk_that_is_reused_once_they_are_gone() {
+        // A fresh thread: a fresh buffer.
+        std::thread::spawn(|| {
+            let a = encode_once(put(b"first")).unwrap();
+            let b = encode_once(put(b"second")).unwrap();
+            assert_eq!((&a[..], &b[..]), (&b"first"[..], &b"second"[..]));
+            // Cut from one chunk, one after the other.
+            assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
+            let start = a.as_ptr();
+            drop((a, b));
+            // Fill the chunk; once nothing cut from it lives, the next
+            // message starts at the beginning again, without a new chunk.
+            let mut n = 0;
+            loop {
+                let m = encode_once(put(&[7; 100])).unwrap();
+                n += 1;
+                assert!(n < 100, "the chunk was never reused");
+                if m.as_ptr() == start {
+                    break;
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_failed_encoding_leaves_nothing_behind_and_large_buffers_are_not_kept() {
+        std::thread::spawn(|| {
+            let err = encode_once(|buf| {
+                buf.extend_from_slice(b"half");
+                Err(Status::internal("no"))
+            })
+            .unwrap_err();
+            assert_eq!(err.message(), "no");
+            assert_eq!(&encode_once(put(b"next")).unwrap()[..], b"next");
+            let big = encode_once(|buf| {
+                buf.extend_from_slice(&vec![1; 200 << 10]);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(big.len(), 200 << 10);
+            let small = encode_once(put(b"after")).unwrap();
+            assert_ne!(
+                big.as_ptr().wrapping_add(big.len()),
+                small.as_ptr(),
+                "the large message's buffer was kept"
+            );
+            SCRATCH.with(|b| assert!(b.borrow().capacity() <= SCRATCH_MAX_KEEP));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn an_encoding_inside_an_encoding_gets_a_buffer_of_its_own() {
+        let outer = encode_once(|buf| {
+            let inner = encode_once(put(b"inner")).unwrap();
+            buf.extend_from_slice(b"outer:");
+            buf.extend_from_slice(&inner);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(&outer[..], b"outer:inner");
+    }
 
     #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
     struct Msg {

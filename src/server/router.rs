@@ -62,7 +62,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Body, Payload};
-use crate::codec::{codec_name, set_codec_name, CodecSet, Json};
+use crate::codec::{codec_name, encode_once, set_codec_name, CodecSet, Json};
 use crate::request::{Request, Response};
 use crate::status::{BoxError, Status};
 use crate::stream::Streaming;
@@ -171,9 +171,8 @@ where
                 .call_fn(&state, Request::from_parts(parts, message))
                 .await?;
             typed_response(response, codecs.name_of(which), |message| {
-                let mut buf = BytesMut::new();
-                codecs.encode(which, &message, &mut buf)?;
-                Ok(Body::once(Payload::new(buf.freeze())))
+                let bytes = encode_once(|buf| codecs.encode(which, &message, buf))?;
+                Ok(Body::once(Payload::new(bytes)))
             })
         })
     }
@@ -348,9 +347,8 @@ streaming_handler! {
         Request::from_parts(parts, request_stream(&codecs, which, body))
     },
     respond: |message| {
-        let mut buf = BytesMut::new();
-        codecs.encode(which, &message, &mut buf)?;
-        Ok(Body::once(Payload::new(buf.freeze())))
+        let bytes = encode_once(|buf| codecs.encode(which, &message, buf))?;
+        Ok(Body::once(Payload::new(bytes)))
     }
 }
 
