@@ -147,6 +147,17 @@ pub(crate) fn fmt_size(n: usize) -> String {
     }
 }
 
+/// The progress line of a [`LAYER_CELL`] measurement.
+fn layer_cell_line(what: &str, round: usize, rounds: usize, sys: System) -> String {
+    format!(
+        "{what} · round {}/{rounds} · {} × {} in flight · {}",
+        round + 1,
+        fmt_size(LAYER_CELL.payload),
+        LAYER_CELL.concurrency,
+        sys.label()
+    )
+}
+
 /// `items` rotated left by `by`: each round starts with a different system.
 fn rotated<T: Copy>(items: &[T], by: usize) -> Vec<T> {
     let n = items.len().max(1);
@@ -236,14 +247,7 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, String> {
         let payload = payload(LAYER_CELL.payload);
         for round in 0..plan.rounds {
             for sys in rotated(System::LAYERS, round) {
-                progress.show(&format!(
-                    "layer costs · round {}/{} · {} × {} in flight · {}",
-                    round + 1,
-                    plan.rounds,
-                    fmt_size(LAYER_CELL.payload),
-                    LAYER_CELL.concurrency,
-                    sys.label()
-                ));
+                progress.show(&layer_cell_line("layer costs", round, plan.rounds, sys));
                 let sample = load
                     .run_cell(
                         &clients[&sys],
@@ -264,13 +268,11 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, String> {
         let payload = payload(LAYER_CELL.payload);
         for round in 0..plan.rounds {
             for sys in rotated(wire::SYSTEMS, round) {
-                progress.show(&format!(
-                    "one load generator · round {}/{} · {} × {} in flight · {}",
-                    round + 1,
+                progress.show(&layer_cell_line(
+                    "one load generator",
+                    round,
                     plan.rounds,
-                    fmt_size(LAYER_CELL.payload),
-                    LAYER_CELL.concurrency,
-                    sys.label()
+                    sys,
                 ));
                 let server = servers.get(&sys).ok_or("no server")?;
                 let (addr, pid, payload) = (server.addr, server.pid, payload.clone());

@@ -82,13 +82,19 @@ fn bad(why: impl Into<String>) -> io::Error {
 fn put_entry(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     out.push(key.len() as u8);
     out.extend_from_slice(key.as_bytes());
-    let mut n = value.len();
+    put_len(out, value);
+}
+
+/// `bytes` after its length as a LEB128 varint (metadata values and
+/// protobuf length-delimited fields alike).
+fn put_len(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut n = bytes.len();
     while n >= 0x80 {
         out.push((n as u8 & 0x7f) | 0x80);
         n >>= 7;
     }
     out.push(n as u8);
-    out.extend_from_slice(value);
+    out.extend_from_slice(bytes);
 }
 
 /// A frame header (PROTOCOL.md §1).
@@ -102,13 +108,7 @@ fn put_trpc_header(out: &mut Vec<u8>, kind: u8, flags: u8, meta: usize, stream: 
 /// `EchoMsg { payload }` encoded as protobuf: field 1, bytes.
 fn echo_msg(payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0x0a];
-    let mut n = payload.len();
-    while n >= 0x80 {
-        out.push((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-    out.extend_from_slice(payload);
+    put_len(&mut out, payload);
     out
 }
 

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use tower::util::MapRequestLayer;
 use trpc::server::{unary, Router, Server};
-use trpc::{Body, Client, Code, Request, Response, Status};
+use trpc::{Body, Channel, Client, Code, Request, Response, Status};
 
 use trpc_integration::client::connect;
 use trpc_integration::messages::EchoMsg;
@@ -41,6 +41,31 @@ fn router() -> Router {
         )
 }
 
+/// The peer address the server sees for `client`'s connection.
+async fn peer(client: &mut Client<Channel>) -> String {
+    let reply: EchoMsg = within(
+        SOON,
+        "peer",
+        client.unary_message("err.Err/Peer", EchoMsg::new("")),
+    )
+    .await
+    .expect("peer");
+    reply.message
+}
+
+/// Calls `method`, which must fail with INTERNAL; returns the status.
+async fn internal(client: &mut Client<Channel>, method: &'static str, message: String) -> Status {
+    let err = within(
+        SOON,
+        "a call that fails",
+        client.unary_message::<_, EchoMsg>(method, EchoMsg::new(message)),
+    )
+    .await
+    .expect_err("the call fails");
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    err
+}
+
 #[tokio::test]
 async fn unknown_method_is_unimplemented() {
     let server = serve(router()).await;
@@ -73,22 +98,9 @@ async fn handler_panic_is_internal_and_the_same_connection_serves_the_next_call(
     let channel = connect(server.addr).await;
     let mut client = Client::new(channel.clone());
 
-    let before: EchoMsg = within(
-        SOON,
-        "peer",
-        client.unary_message("err.Err/Peer", EchoMsg::new("")),
-    )
-    .await
-    .expect("peer");
+    let before = peer(&mut client).await;
     for i in 0..3 {
-        let err = within(
-            SOON,
-            "panicking call",
-            client.unary_message::<_, EchoMsg>("err.Err/Panic", EchoMsg::new(format!("boom {i}"))),
-        )
-        .await
-        .expect_err("the handler panics");
-        assert_eq!(err.code(), Code::Internal, "{err:?}");
+        let err = internal(&mut client, "err.Err/Panic", format!("boom {i}")).await;
         assert!(err.message().contains("panic"), "{err:?}");
     }
     let ok: EchoMsg = within(
@@ -100,17 +112,15 @@ async fn handler_panic_is_internal_and_the_same_connection_serves_the_next_call(
     .expect("the handler works when it does not panic");
     assert_eq!(ok.message, "no panic");
 
-    // Same connection as before the panics: the handler sees the same peer.
-    let after: EchoMsg = within(
-        SOON,
-        "peer",
-        client.unary_message("err.Err/Peer", EchoMsg::new("")),
-    )
-    .await
-    .expect("peer");
-    assert_eq!(before.message, after.message, "the connection was replaced");
-    assert_eq!(channel.connections(), 1);
+    same_connection(&mut client, &channel, &before).await;
     server.shutdown().await;
+}
+
+/// The connection of `before` still serves: the handler sees the same peer
+/// and the channel opened no other.
+async fn same_connection(client: &mut Client<Channel>, channel: &Channel, before: &str) {
+    assert_eq!(before, peer(client).await, "the connection was replaced");
+    assert_eq!(channel.connections(), 1);
 }
 
 /// A middleware whose `call` panics for one method (before any handler
@@ -129,36 +139,13 @@ async fn a_panic_in_a_services_call_fails_only_that_call(inline: bool) {
     let server = serve_with(server, router()).await;
     let channel = connect(server.addr).await;
     let mut client = Client::new(channel.clone());
-    let before: EchoMsg = within(
-        SOON,
-        "peer",
-        client.unary_message("err.Err/Peer", EchoMsg::new("")),
-    )
-    .await
-    .expect("peer");
+    let before = peer(&mut client).await;
     for _ in 0..3 {
-        let err = within(
-            SOON,
-            "a call whose middleware panics",
-            client.unary_message::<_, EchoMsg>("err.Err/PanicInCall", EchoMsg::new("x")),
-        )
-        .await
-        .expect_err("the middleware panics");
-        assert_eq!(err.code(), Code::Internal, "{err:?}");
-        assert!(
-            err.message().contains("middleware panic requested"),
-            "{err:?}"
-        );
+        let err = internal(&mut client, "err.Err/PanicInCall", "x".into()).await;
+        let msg = err.message();
+        assert!(msg.contains("middleware panic requested"), "{err:?}");
     }
-    let after: EchoMsg = within(
-        SOON,
-        "peer",
-        client.unary_message("err.Err/Peer", EchoMsg::new("")),
-    )
-    .await
-    .expect("the connection still serves");
-    assert_eq!(before.message, after.message, "the connection was replaced");
-    assert_eq!(channel.connections(), 1);
+    same_connection(&mut client, &channel, &before).await;
     server.shutdown().await;
 }
 
