@@ -101,8 +101,8 @@ enum Command {
         threads: usize,
     },
     /// Drive a running server with the wire-level load generator (one
-    /// thread, pre-encoded frames, no framework client): what the "same
-    /// load generator" table measures.
+    /// thread, pre-encoded frames, no framework client; raw, trpc,
+    /// trpc-inline, trpc-std): what the "Servers alone" table measures.
     Wire {
         /// The system the server speaks (raw, trpc, trpc-inline, trpc-std).
         #[arg(long, value_enum)]
