@@ -64,20 +64,15 @@ impl Deadlines {
         at
     }
 
-    /// A stream with a deadline ended.
-    pub(crate) fn removed(&mut self) {
+    /// A stream with a deadline ended (`current(id)`: the deadline of each
+    /// stream still open). Drops the stale entries once they outnumber the
+    /// live ones.
+    pub(crate) fn removed(&mut self, current: impl Fn(u32) -> Option<Instant>) {
         self.live = self.live.saturating_sub(1);
-    }
-
-    /// True when stale entries should be dropped (see [`Self::compact`]).
-    pub(crate) fn wants_compaction(&self) -> bool {
-        self.heap.len() >= COMPACT_FROM && self.heap.len() > 4 * self.live
-    }
-
-    /// Keeps only the entries for which `current(id)` is their deadline.
-    pub(crate) fn compact(&mut self, current: impl Fn(u32) -> Option<Instant>) {
-        self.heap
-            .retain(|Reverse((at, id))| current(*id) == Some(*at));
+        if self.heap.len() >= COMPACT_FROM && self.heap.len() > 4 * self.live {
+            self.heap
+                .retain(|Reverse((at, id))| current(*id) == Some(*at));
+        }
     }
 
     /// The next stream whose deadline has passed, if any (`current(id)`:
@@ -137,10 +132,7 @@ mod tests {
 
         fn end(&mut self, q: &mut Deadlines, id: u32) {
             if self.0.remove(&id).is_some() {
-                q.removed();
-            }
-            if q.wants_compaction() {
-                q.compact(|id| self.0.get(&id).copied());
+                q.removed(|id| self.0.get(&id).copied());
             }
         }
 

@@ -128,11 +128,8 @@ impl<X: RoleStream> State<X> {
     pub(crate) fn remove_stream(&mut self, id: u32) -> Option<Stream<X>> {
         let mut s = self.streams.remove(&id)?;
         if let (Some(_), Some(queue)) = (s.deadline.take(), self.deadlines.as_mut()) {
-            queue.removed();
-            if queue.wants_compaction() {
-                let streams = &self.streams;
-                queue.compact(|id| streams.get(&id).and_then(|s| s.deadline));
-            }
+            let streams = &self.streams;
+            queue.removed(|id| streams.get(&id).and_then(|s| s.deadline));
         }
         Some(s)
     }

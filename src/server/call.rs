@@ -1,11 +1,11 @@
 //! One server call as a future of its own ([`CallTask`]): the service's
 //! `call` (the layers' work, the router's lookup; a panic there fails only
 //! this call), the handler, then for a streaming response the response
-//! stream, written as the client's flow-control windows allow. It writes its own frames into the
-//! connection's shared output, so it runs the same whether the connection
-//! hands it to a task of its pool (the default: handlers use every core,
-//! see `pool.rs`) or polls it in its own task (inline mode, for handlers
-//! known to be cheap).
+//! stream, written as the client's flow-control windows allow. It writes
+//! its own frames into the connection's shared output, so it runs the same
+//! whether the connection hands it to a task of its pool (the default:
+//! handlers use every core, see `pool.rs`) or polls it in its own task
+//! (inline mode, for handlers known to be cheap).
 //!
 //! Deadlines and cancellation are the connection's business: it drops the
 //! call (aborting its task) and answers for it.
@@ -51,7 +51,7 @@ pin_project! {
         // `call` runs in the call's task, so the work of the layers and the
         // handler's allocations happen on the thread that runs the handler
         // and later frees them (glibc's per-thread caches serve both).
-        Start { svc: Option<S>, req: Option<Request<Body>> },
+        Start { call: Option<(S, Request<Body>)> },
         Handler { #[pin] fut: F },
         Streaming {
             body: Body,
@@ -101,8 +101,7 @@ where
             id,
             method,
             phase: Phase::Start {
-                svc: Some(svc),
-                req: Some(req),
+                call: Some((svc, req)),
             },
         }
     }
@@ -119,17 +118,15 @@ where
         let mut this = self.project();
         loop {
             match this.phase.as_mut().project() {
-                PhaseProj::Start { svc, req } => {
-                    let (Some(mut svc), Some(req)) = (svc.take(), req.take()) else {
+                PhaseProj::Start { call } => {
+                    let Some((mut svc, req)) = call.take() else {
                         this.phase.set(Phase::Done);
                         return Poll::Ready(());
                     };
                     match catch_unwind(AssertUnwindSafe(|| svc.call(req))) {
                         Ok(fut) => this.phase.set(Phase::Handler { fut }),
                         Err(panic) => {
-                            let status = panicked(this.method, &*panic);
-                            this.shared.side.push(*this.id, Err(status));
-                            this.shared.wake_task();
+                            reply(this.shared, *this.id, Err(panicked(this.method, &*panic)));
                             this.phase.set(Phase::Done);
                             return Poll::Ready(());
                         }
@@ -154,15 +151,7 @@ where
                             });
                         }
                         result => {
-                            // Taken apart here: nothing of the handler's is
-                            // dropped with the connection's state locked.
-                            let reply = result.map(|resp| {
-                                let (metadata, _extensions, body) = resp.into_parts();
-                                (metadata, body.into_once().ok())
-                            });
-                            // The connection writes it: no lock to take here.
-                            this.shared.side.push(*this.id, reply);
-                            this.shared.wake_task();
+                            reply(this.shared, *this.id, result);
                             this.phase.set(Phase::Done);
                             return Poll::Ready(());
                         }
@@ -197,6 +186,19 @@ where
             }
         }
     }
+}
+
+/// Hands the outcome of a call that ends without a response stream to the
+/// connection, which writes it (no lock to take here). The response is
+/// taken apart here: nothing of the handler's is dropped with the
+/// connection's state locked.
+fn reply(shared: &Shared<ServerStream>, id: u32, result: Result<Response<Body>, Status>) {
+    let reply = result.map(|resp| {
+        let (metadata, _extensions, body) = resp.into_parts();
+        (metadata, body.into_once().ok())
+    });
+    shared.side.push(id, reply);
+    shared.wake_task();
 }
 
 /// Writes the response stream as far as flow control and fairness allow.
