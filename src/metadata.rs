@@ -226,6 +226,12 @@ impl MetadataMap {
         self.entries.is_empty() && self.codec.is_none()
     }
 
+    /// With no entry but (maybe) `trpc-codec`: that value. `None` when
+    /// there are other entries.
+    pub(crate) fn codec_only(&self) -> Option<Option<&[u8]>> {
+        self.entries.is_empty().then(|| self.codec.as_deref())
+    }
+
     /// The `trpc-codec` value, if set.
     pub(crate) fn codec(&self) -> Option<&str> {
         match self.codec.as_deref()? {

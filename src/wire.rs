@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::body::Payload;
-use crate::frame::{put_header, Flags, FrameType, WriteBuf, HEADER_LEN};
+use crate::frame::{header_bytes, put_header, Flags, FrameType, WriteBuf, HEADER_LEN};
 use crate::metadata::{self, encode_entry, entry_len, BlockIter, MetadataMap};
 use crate::request::Method;
 use crate::status::{Code, Status};
@@ -112,6 +112,18 @@ pub(crate) fn decode_request_head(block: Bytes) -> Result<RequestHead, Status> {
 /// Decodes a response HEADERS or TRAILERS block.
 pub(crate) fn decode_response_head(block: Bytes) -> Result<ResponseHead, Status> {
     let mut head = ResponseHead::default();
+    // The usual end of a unary call, recognised whole.
+    let plain = match &block[..] {
+        OK_BLOCK => Some(None),
+        OK_PROTO_BLOCK => Some(Some("proto")),
+        OK_JSON_BLOCK => Some(Some("json")),
+        _ => None,
+    };
+    if let Some(codec) = plain {
+        head.code = Some(Code::Ok);
+        head.metadata.set_codec(codec);
+        return Ok(head);
+    }
     // Each known pseudo-header at most once: bit 0 :status, 1 :message,
     // 2 :details, 3 :refused.
     let mut seen = 0u8;
@@ -239,6 +251,66 @@ pub(crate) fn put_data(wb: &mut WriteBuf, stream_id: u32, payload: &Payload, end
 /// dropped and the status replaced by `Internal`, so the caller still learns
 /// what happened.
 pub(crate) fn put_response_headers(
+    wb: &mut WriteBuf,
+    stream_id: u32,
+    metadata: &MetadataMap,
+    payload: Option<&Payload>,
+    status: Option<&Status>,
+    max_metadata: usize,
+) {
+    if let Some(block) = plain_ok_block(metadata, status).filter(|b| b.len() <= max_metadata) {
+        let flags = Flags::END_STREAM
+            .with_if(Flags::MESSAGE, payload.is_some())
+            .with_if(Flags::COMPRESSED, payload.is_some_and(|p| p.compressed));
+        let payload_len = payload.map_or(0, |p| p.len());
+        wb.put(|b| {
+            b.reserve(HEADER_LEN + block.len());
+            b.extend_from_slice(&header_bytes(
+                FrameType::Headers,
+                flags,
+                stream_id,
+                block.len(),
+                payload_len,
+            ));
+            b.extend_from_slice(block);
+        });
+        if let Some(p) = payload {
+            wb.put_payload(&p.bytes);
+        }
+        return;
+    }
+    put_response_headers_general(wb, stream_id, metadata, payload, status, max_metadata);
+}
+
+/// `:status` 0: a successful end, with no other entry.
+const OK_BLOCK: &[u8] = b"\x07:status\x010";
+/// The same with `trpc-codec: proto`.
+const OK_PROTO_BLOCK: &[u8] = b"\x07:status\x010\x0atrpc-codec\x05proto";
+/// The same with `trpc-codec: json`.
+const OK_JSON_BLOCK: &[u8] = b"\x07:status\x010\x0atrpc-codec\x04json";
+
+/// The block of the usual end of a unary call (`:status` 0, no text, no
+/// metadata but a built-in codec's name), encoded once at compile time.
+fn plain_ok_block(metadata: &MetadataMap, status: Option<&Status>) -> Option<&'static [u8]> {
+    let s = status?;
+    if s.code() != Code::Ok
+        || !s.message().is_empty()
+        || !s.details().is_empty()
+        || s.is_refused()
+        || !s.metadata().is_empty()
+    {
+        return None;
+    }
+    match metadata.codec_only()? {
+        None => Some(OK_BLOCK),
+        Some(b"proto") => Some(OK_PROTO_BLOCK),
+        Some(b"json") => Some(OK_JSON_BLOCK),
+        Some(_) => None,
+    }
+}
+
+/// [`put_response_headers`] for any metadata and status.
+fn put_response_headers_general(
     wb: &mut WriteBuf,
     stream_id: u32,
     metadata: &MetadataMap,
@@ -396,6 +468,60 @@ mod tests {
             .poll_flush(std::pin::Pin::new(&mut out), &mut cx)
             .is_ready());
         BytesMut::from(&out[..])
+    }
+
+    #[test]
+    fn the_plain_ok_block_is_what_the_general_encoder_writes() {
+        let payload = Payload {
+            bytes: Bytes::from_static(b"hello"),
+            compressed: false,
+        };
+        let ok = Status::new(Code::Ok, "");
+        for codec in [None, Some("proto"), Some("json"), Some("custom")] {
+            for message in [None, Some(&payload)] {
+                let mut metadata = MetadataMap::new();
+                metadata.set_codec(codec);
+                let (mut fast, mut general) = (WriteBuf::new(), WriteBuf::new());
+                put_response_headers(&mut fast, 7, &metadata, message, Some(&ok), 1 << 20);
+                put_response_headers_general(
+                    &mut general,
+                    7,
+                    &metadata,
+                    message,
+                    Some(&ok),
+                    1 << 20,
+                );
+                assert_eq!(
+                    drain(&mut fast),
+                    drain(&mut general),
+                    "{codec:?} {message:?}"
+                );
+                assert_eq!(
+                    plain_ok_block(&metadata, Some(&ok)).is_some(),
+                    codec != Some("custom")
+                );
+                if let Some(block) = plain_ok_block(&metadata, Some(&ok)) {
+                    // Decoded whole, it reads as the entries do one by one.
+                    let head = decode_response_head(Bytes::from_static(block)).unwrap();
+                    assert_eq!(head.code, Some(Code::Ok));
+                    assert_eq!(head.metadata, metadata);
+                    let mut entries = BlockIter::new(block).map(Result::unwrap);
+                    assert_eq!(entries.next(), Some((STATUS, &b"0"[..])));
+                    assert_eq!(
+                        entries.next().map(|(k, v)| (k.to_vec(), v.to_vec())),
+                        codec.map(|c| (b"trpc-codec".to_vec(), c.as_bytes().to_vec()))
+                    );
+                }
+            }
+        }
+        // Anything more takes the general path.
+        let mut metadata = MetadataMap::new();
+        metadata.insert("k", "v");
+        assert!(plain_ok_block(&metadata, Some(&ok)).is_none());
+        let md = MetadataMap::new();
+        assert!(plain_ok_block(&md, Some(&Status::new(Code::Ok, "fine"))).is_none());
+        assert!(plain_ok_block(&md, Some(&Status::internal("x"))).is_none());
+        assert!(plain_ok_block(&md, None).is_none());
     }
 
     #[test]

@@ -276,17 +276,33 @@ pub fn put_header(
     metadata_len: usize,
     payload_len: usize,
 ) {
+    dst.extend_from_slice(&header_bytes(
+        kind,
+        flags,
+        stream_id,
+        metadata_len,
+        payload_len,
+    ));
+}
+
+/// A frame header as bytes: what [`put_header`] writes, in one piece (one
+/// capacity check and a fixed-size copy instead of one per field).
+pub(crate) fn header_bytes(
+    kind: FrameType,
+    flags: Flags,
+    stream_id: u32,
+    metadata_len: usize,
+    payload_len: usize,
+) -> [u8; HEADER_LEN] {
     debug_assert!(metadata_len <= MAX_METADATA_FIELD);
     debug_assert!(payload_len <= u32::MAX as usize);
-    dst.reserve(HEADER_LEN);
-    dst.put_slice(&MAGIC);
-    dst.put_u8(VERSION);
-    dst.put_u8(kind as u8);
-    dst.put_u8(flags.0);
-    let m = metadata_len as u32;
-    dst.put_slice(&[(m >> 16) as u8, (m >> 8) as u8, m as u8]);
-    dst.put_u32(stream_id);
-    dst.put_u32(payload_len as u32);
+    let m = (metadata_len as u32).to_be_bytes();
+    let id = stream_id.to_be_bytes();
+    let len = (payload_len as u32).to_be_bytes();
+    [
+        MAGIC[0], MAGIC[1], VERSION, kind as u8, flags.0, m[1], m[2], m[3], id[0], id[1], id[2],
+        id[3], len[0], len[1], len[2], len[3],
+    ]
 }
 
 /// Parses a header from exactly [`HEADER_LEN`] bytes. Checks magic and version.

@@ -21,6 +21,7 @@ use futures_core::Stream as _;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::pool::Job;
 use super::stream::{Reply, ServerStream};
 use crate::body::{Body, Payload};
 use crate::metadata::MetadataMap;
@@ -104,6 +105,28 @@ where
                 call: Some((svc, req)),
             },
         }
+    }
+}
+
+/// A call on its way to a task of the pool: what [`CallTask::new`] takes.
+pub(crate) struct CallStart<S> {
+    pub(crate) shared: Arc<Shared<ServerStream>>,
+    pub(crate) id: u32,
+    pub(crate) method: Method,
+    pub(crate) svc: S,
+    pub(crate) req: Request<Body>,
+}
+
+impl<S> Job for CallStart<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Task = CallTask<S, S::Future>;
+
+    fn start(self) -> Self::Task {
+        CallTask::new(self.shared, self.id, self.method, self.svc, self.req)
     }
 }
 

@@ -34,6 +34,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A call as handed to the pool: small to move. It becomes its future only
+/// in the task that runs it, so the whole future (every layer's state) is
+/// written once in place instead of being copied through the hand-over.
+pub(crate) trait Job: Send + 'static {
+    /// The call's future.
+    type Task: Future<Output = ()> + Send + 'static;
+    /// Makes the call's future.
+    fn start(self) -> Self::Task;
+}
+
 /// The part of a pooled task the connection reaches without knowing the
 /// call's type: how to stop a call.
 pub(crate) trait Stop: Send + Sync {
@@ -136,10 +146,7 @@ impl<T> std::fmt::Debug for CallPool<T> {
     }
 }
 
-impl<T> CallPool<T>
-where
-    T: Future<Output = ()> + Send + 'static,
-{
+impl<T: Job> CallPool<T> {
     pub(crate) fn new() -> Self {
         CallPool {
             free: Arc::new(Mutex::new(FreeList {
@@ -156,7 +163,7 @@ where
     pub(crate) fn run(&mut self, call: T) -> PoolCall {
         if !self.warm {
             self.warm = true;
-            return PoolCall::Spawned(tokio::spawn(call).abort_handle());
+            return PoolCall::Spawned(tokio::spawn(call.start()).abort_handle());
         }
         self.generation += 1;
         let generation = self.generation;
@@ -183,7 +190,7 @@ where
                     task: task.clone(),
                     free: self.free.clone(),
                     generation,
-                    call: Some(call),
+                    call: Some(call.start()),
                 }));
                 task
             }
@@ -223,19 +230,16 @@ impl<T> Drop for CallPool<T> {
 pin_project! {
     /// A pooled task: runs a call, goes back to the free list, waits for
     /// the next one.
-    struct PooledTask<T> {
+    struct PooledTask<T: Job> {
         task: Arc<Worker<T>>,
         free: Arc<Mutex<FreeList<T>>>,
         generation: u64,
         #[pin]
-        call: Option<T>,
+        call: Option<T::Task>,
     }
 }
 
-impl<T> Future for PooledTask<T>
-where
-    T: Future<Output = ()> + Send,
-{
+impl<T: Job> Future for PooledTask<T> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -260,7 +264,7 @@ where
             match next {
                 Some((generation, call)) => {
                     *this.generation = generation;
-                    this.call.set(Some(call));
+                    this.call.set(Some(call.start()));
                 }
                 None if this.task.quit.load(Ordering::Acquire) => return Poll::Ready(()),
                 None => return Poll::Pending,
@@ -292,6 +296,13 @@ mod tests {
     }
 
     type BoxCall = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    impl Job for BoxCall {
+        type Task = BoxCall;
+        fn start(self) -> BoxCall {
+            self
+        }
+    }
 
     /// A pool past its first call (which gets a task of its own).
     fn warm_pool() -> CallPool<BoxCall> {

@@ -35,6 +35,9 @@ pub struct RpcMetrics {
 
 /// What a side exports, and every method seen so far.
 struct Families {
+    /// Unique among every `RpcMetrics` ever made: what per-thread caches
+    /// key on (an address could be reused).
+    id: u64,
     side: Side,
     descs: [Desc; 7],
     /// Upper bounds of the latency buckets, in seconds and in nanoseconds.
@@ -271,7 +274,9 @@ impl RpcMetrics {
             .iter()
             .map(|s| Duration::try_from_secs_f64(*s).map_or(0, |d| d.as_nanos() as u64))
             .collect();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let families = Arc::new(Families {
+            id: NEXT_ID.fetch_add(1, Relaxed),
             side,
             descs,
             bounds: bounds.into(),
@@ -282,6 +287,11 @@ impl RpcMetrics {
         });
         registry.register(Box::new(Exporter(families.clone())))?;
         Ok(RpcMetrics { inner: families })
+    }
+
+    /// What tells these metrics apart from every other `RpcMetrics`.
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
     }
 
     /// The side these metrics are of.

@@ -68,6 +68,7 @@ pub use families::RpcMetrics;
 pub use layer::{MetricsBuilder, MetricsLayer};
 pub use transport::TransportCollector;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -83,7 +84,6 @@ use self::future::{CountedBody, ResponseFuture};
 pub struct Metrics<S> {
     inner: S,
     metrics: RpcMetrics,
-    recent: Recent,
 }
 
 impl<S> Metrics<S> {
@@ -92,7 +92,6 @@ impl<S> Metrics<S> {
         Metrics {
             inner,
             metrics: layer.metrics().clone(),
-            recent: Recent::default(),
         }
     }
 
@@ -112,19 +111,35 @@ impl<S> Metrics<S> {
     }
 }
 
-/// The last few methods this service counted, so most calls find their
-/// metrics without touching the shared method table.
-#[derive(Clone, Debug, Default)]
+thread_local! {
+    /// The last few methods counted on this thread, so most calls find
+    /// their metrics without touching the shared method table. Per thread,
+    /// not per service: a server calls a fresh clone of its stack for each
+    /// call, whose own cache would always start empty.
+    static RECENT: RefCell<Recent> = const {
+        RefCell::new(Recent {
+            entries: [const { None }; 8],
+            next: 0,
+        })
+    };
+}
+
+/// Cached method metrics: `(RpcMetrics::id, protocol, method, stats)`.
 struct Recent {
-    entries: [Option<(Protocol, Method, Arc<MethodStats>)>; 4],
+    entries: [Option<(u64, Protocol, Method, Arc<MethodStats>)>; 8],
     next: usize,
 }
 
-impl Recent {
-    /// The stripe this thread counts `method` in.
-    fn stripe(&mut self, metrics: &RpcMetrics, protocol: Protocol, method: &Method) -> Arc<Stripe> {
-        for (p, m, stats) in self.entries.iter().flatten() {
-            if *p == protocol && m.as_bytes() == method.as_bytes() {
+/// The stripe this thread counts `method` in, in `metrics`.
+fn stripe(metrics: &RpcMetrics, protocol: Protocol, method: &Method) -> Arc<Stripe> {
+    let id = metrics.id();
+    RECENT.with(|recent| {
+        // Never re-entered: nothing below calls back into this layer.
+        let Ok(mut recent) = recent.try_borrow_mut() else {
+            return metrics.method(protocol, method).stripe();
+        };
+        for (i, p, m, stats) in recent.entries.iter().flatten() {
+            if *i == id && *p == protocol && m.as_bytes() == method.as_bytes() {
                 return stats.stripe();
             }
         }
@@ -132,10 +147,11 @@ impl Recent {
         let stripe = stats.stripe();
         // An owned copy: the request's method may share a large read buffer.
         let owned = Method::from(method.as_str().to_owned());
-        self.entries[self.next] = Some((protocol, owned, stats));
-        self.next = (self.next + 1) % self.entries.len();
+        let next = recent.next;
+        recent.entries[next] = Some((id, protocol, owned, stats));
+        recent.next = (next + 1) % recent.entries.len();
         stripe
-    }
+    })
 }
 
 impl<S> Service<Request<Body>> for Metrics<S>
@@ -153,9 +169,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let start = Instant::now();
-        let stripe = self
-            .recent
-            .stripe(&self.metrics, req.protocol(), req.method());
+        let stripe = stripe(&self.metrics, req.protocol(), req.method());
         stripe.start();
         let deadline = req.deadline();
         let req = if req.get_ref().is_stream() {

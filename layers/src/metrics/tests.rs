@@ -361,3 +361,35 @@ fn the_transport_collector_reads_the_stats_at_scrape_time() {
     // Scraping twice gives the same totals (counters are refreshed, not added).
     assert_eq!(scrape(&registry), text);
 }
+
+/// The per-thread method cache is keyed by the metrics it belongs to: two
+/// stacks on one thread, same method, each counts only its own calls — also
+/// when every call goes through a fresh clone of the stack (as a server's
+/// connection makes one per call).
+#[tokio::test]
+async fn two_stacks_on_one_thread_count_apart() {
+    let (r1, r2) = (Registry::new(), Registry::new());
+    let l1 = MetricsLayer::server(&r1).unwrap();
+    let l2 = MetricsLayer::server(&r2).unwrap();
+    let (svc1, mut h1) = mock::spawn_layer::<Request<Body>, Response<Body>, _>(l1);
+    let (svc2, mut h2) = mock::spawn_layer::<Request<Body>, Response<Body>, _>(l2);
+    for (svc, handle, n) in [(svc1, &mut h1, 3), (svc2, &mut h2, 2)] {
+        for _ in 0..n {
+            let mut fresh = svc.clone();
+            assert!(fresh.poll_ready().is_ready());
+            let fut = fresh.call(request("a.B/C", "x"));
+            let (_req, send) = handle.next_request().await.unwrap();
+            send.send_response(response("y"));
+            fut.await.unwrap();
+        }
+    }
+    let calls = |r: &Registry| {
+        sample(
+            &scrape(r),
+            "trpc_server_calls_total",
+            &[("method", "a.B/C"), ("code", "OK"), ("protocol", "trpc")],
+        )
+    };
+    assert_eq!(calls(&r1), Some(3.0));
+    assert_eq!(calls(&r2), Some(2.0));
+}

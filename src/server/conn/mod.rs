@@ -21,7 +21,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_service::Service;
 
 use super::accept::{ConnCtx, ConnService};
-use super::call::{write_response, CallTask};
+use super::call::{write_response, CallStart, CallTask};
 use super::limits::CancelBudget;
 use super::local::LocalCalls;
 use super::pool::CallPool;
@@ -69,7 +69,7 @@ pub(crate) struct ServerRole<S: Service<Request<Body>>> {
     /// Inline mode's executor (`None`: every call is a task).
     local: Option<LocalCalls<Call<S>>>,
     /// The tasks calls run in (unless inline).
-    pool: CallPool<Call<S>>,
+    pool: CallPool<CallStart<S>>,
     /// Calls and requests to drop once the state is unlocked (dropping a
     /// handler may return flow-control credit, which locks the state).
     drop_local: Vec<usize>,
@@ -262,15 +262,21 @@ where
             let fresh = self.svc.clone();
             let svc = std::mem::replace(&mut self.svc, fresh);
             let method = req.method().clone();
-            let task = CallTask::new(self.shared.clone(), id, method, svc, req);
+            let shared = self.shared.clone();
             let call = match &mut self.local {
-                Some(local) => match local.push(task) {
+                Some(local) => match local.push(CallTask::new(shared, id, method, svc, req)) {
                     Some(idx) => CallRef::Local(idx),
                     None => continue, // finished at once
                 },
                 None => {
                     self.spawned = true;
-                    CallRef::Task(self.pool.run(task))
+                    CallRef::Task(self.pool.run(CallStart {
+                        shared,
+                        id,
+                        method,
+                        svc,
+                        req,
+                    }))
                 }
             };
             self.started.push((id, call));
