@@ -229,7 +229,7 @@ impl MetadataMap {
     /// With no entry but (maybe) `trpc-codec`: that value. `None` when
     /// there are other entries.
     pub(crate) fn codec_only(&self) -> Option<Option<&[u8]>> {
-        self.entries.is_empty().then(|| self.codec.as_deref())
+        self.entries.is_empty().then_some(self.codec.as_deref())
     }
 
     /// The `trpc-codec` value, if set.
@@ -582,9 +582,16 @@ pub(crate) fn push_wire_entry(
     value: &[u8],
 ) -> Result<(), InvalidMetadata> {
     // The codec entry first: it is on nearly every call and the key is known.
+    // A built-in codec's name is held as a static: no reference to the read
+    // buffer, whose shared count the threads that end calls then fight over.
     let known = key == CODEC_KEY;
-    if known && matches!(value, b"proto" | b"json") {
-        map.codec = Some(block.slice_ref(value));
+    let builtin = match value {
+        b"proto" => Some("proto"),
+        b"json" => Some("json"),
+        _ => None,
+    };
+    if known && builtin.is_some() {
+        map.set_codec(builtin);
         return Ok(());
     }
     if !known {

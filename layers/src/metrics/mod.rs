@@ -124,9 +124,12 @@ thread_local! {
     };
 }
 
-/// Cached method metrics: `(RpcMetrics::id, protocol, method, stats)`.
+/// A cached method's metrics: `(RpcMetrics::id, protocol, method, stats)`.
+type RecentEntry = (u64, Protocol, Method, Arc<MethodStats>);
+
+/// The last methods counted on a thread (a ring).
 struct Recent {
-    entries: [Option<(u64, Protocol, Method, Arc<MethodStats>)>; 8],
+    entries: [Option<RecentEntry>; 8],
     next: usize,
 }
 
