@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use http::Extensions;
 use tokio::time::Instant;
 
@@ -15,12 +16,12 @@ use crate::status::Status;
 
 /// A method name, `package.Service/Method`, cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub struct Method(Bytes);
+pub struct Method(ByteString);
 
 impl Method {
     /// A method from a static string (no allocation).
     pub const fn from_static(name: &'static str) -> Method {
-        Method(Bytes::from_static(name.as_bytes()))
+        Method(ByteString::from_static(name))
     }
 
     /// A method from UTF-8 bytes received on the wire.
@@ -28,22 +29,20 @@ impl Method {
         if bytes.is_empty() {
             return Err(Status::invalid_argument("empty method name"));
         }
-        // ASCII (nearly every name) is checked a word at a time.
-        if !bytes.is_ascii() && std::str::from_utf8(&bytes).is_err() {
-            return Err(Status::invalid_argument("method name is not UTF-8"));
-        }
-        Ok(Method(bytes))
+        // Checked once here: `as_str` is then free.
+        ByteString::try_from(bytes)
+            .map(Method)
+            .map_err(|_| Status::invalid_argument("method name is not UTF-8"))
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
-        // Validated on every way in.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        &self.0
     }
 
     /// The name's bytes.
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        self.0.as_bytes()
     }
 
     /// The service part: `package.Service` of `package.Service/Method`.
@@ -66,7 +65,7 @@ impl From<&'static str> for Method {
 
 impl From<String> for Method {
     fn from(s: String) -> Self {
-        Method(Bytes::from(s))
+        Method(ByteString::from(s))
     }
 }
 
