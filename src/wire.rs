@@ -258,28 +258,48 @@ pub(crate) fn put_response_headers(
     status: Option<&Status>,
     max_metadata: usize,
 ) {
-    if let Some(block) = plain_ok_block(metadata, status).filter(|b| b.len() <= max_metadata) {
-        let flags = Flags::END_STREAM
-            .with_if(Flags::MESSAGE, payload.is_some())
-            .with_if(Flags::COMPRESSED, payload.is_some_and(|p| p.compressed));
-        let payload_len = payload.map_or(0, |p| p.len());
-        wb.put(|b| {
-            b.reserve(HEADER_LEN + block.len());
-            b.extend_from_slice(&header_bytes(
-                FrameType::Headers,
-                flags,
-                stream_id,
-                block.len(),
-                payload_len,
-            ));
-            b.extend_from_slice(block);
-        });
-        if let Some(p) = payload {
-            wb.put_payload(&p.bytes);
-        }
-        return;
+    let fallback;
+    let mut metadata = metadata;
+    let mut status = status;
+    let mut payload = payload;
+    let empty = MetadataMap::new();
+    // The usual end of a unary call is a constant block.
+    let plain = plain_ok_block(metadata, status).filter(|b| b.len() <= max_metadata);
+    let mut meta_len = plain.map_or_else(|| response_block_len(metadata, status), <[u8]>::len);
+    if meta_len > max_metadata {
+        fallback = Status::internal(format!(
+            "response metadata of {meta_len} bytes exceeds the peer's limit of {max_metadata} bytes"
+        ));
+        metadata = &empty;
+        status = Some(&fallback);
+        payload = None;
+        meta_len = response_block_len(metadata, status);
     }
-    put_response_headers_general(wb, stream_id, metadata, payload, status, max_metadata);
+    let flags = Flags::NONE
+        .with_if(Flags::END_STREAM, status.is_some())
+        .with_if(Flags::MESSAGE, payload.is_some())
+        .with_if(Flags::COMPRESSED, payload.is_some_and(|p| p.compressed));
+    let payload_len = payload.map_or(0, |p| p.len());
+    wb.put(|b| {
+        b.reserve(HEADER_LEN + meta_len);
+        b.extend_from_slice(&header_bytes(
+            FrameType::Headers,
+            flags,
+            stream_id,
+            meta_len,
+            payload_len,
+        ));
+        match plain {
+            Some(block) => b.extend_from_slice(block),
+            None => {
+                put_status_entries(b, status);
+                metadata.encode(b);
+            }
+        }
+    });
+    if let Some(p) = payload {
+        wb.put_payload(&p.bytes);
+    }
 }
 
 /// `:status` 0: a successful end, with no other entry.
@@ -306,53 +326,6 @@ fn plain_ok_block(metadata: &MetadataMap, status: Option<&Status>) -> Option<&'s
         Some(b"proto") => Some(OK_PROTO_BLOCK),
         Some(b"json") => Some(OK_JSON_BLOCK),
         Some(_) => None,
-    }
-}
-
-/// [`put_response_headers`] for any metadata and status.
-fn put_response_headers_general(
-    wb: &mut WriteBuf,
-    stream_id: u32,
-    metadata: &MetadataMap,
-    payload: Option<&Payload>,
-    status: Option<&Status>,
-    max_metadata: usize,
-) {
-    let fallback;
-    let mut metadata = metadata;
-    let mut status = status;
-    let mut payload = payload;
-    let empty = MetadataMap::new();
-    let mut meta_len = response_block_len(metadata, status);
-    if meta_len > max_metadata {
-        fallback = Status::internal(format!(
-            "response metadata of {meta_len} bytes exceeds the peer's limit of {max_metadata} bytes"
-        ));
-        metadata = &empty;
-        status = Some(&fallback);
-        payload = None;
-        meta_len = response_block_len(metadata, status);
-    }
-    let flags = Flags::NONE
-        .with_if(Flags::END_STREAM, status.is_some())
-        .with_if(Flags::MESSAGE, payload.is_some())
-        .with_if(Flags::COMPRESSED, payload.is_some_and(|p| p.compressed));
-    let payload_len = payload.map_or(0, |p| p.len());
-    wb.put(|b| {
-        b.reserve(HEADER_LEN + meta_len);
-        put_header(
-            b,
-            FrameType::Headers,
-            flags,
-            stream_id,
-            meta_len,
-            payload_len,
-        );
-        put_status_entries(b, status);
-        metadata.encode(b);
-    });
-    if let Some(p) = payload {
-        wb.put_payload(&p.bytes);
     }
 }
 
@@ -481,16 +454,22 @@ mod tests {
             for message in [None, Some(&payload)] {
                 let mut metadata = MetadataMap::new();
                 metadata.set_codec(codec);
-                let (mut fast, mut general) = (WriteBuf::new(), WriteBuf::new());
+                let mut fast = WriteBuf::new();
                 put_response_headers(&mut fast, 7, &metadata, message, Some(&ok), 1 << 20);
-                put_response_headers_general(
-                    &mut general,
-                    7,
-                    &metadata,
-                    message,
-                    Some(&ok),
-                    1 << 20,
-                );
+                // The same frame with its entries encoded one by one.
+                let mut block = BytesMut::new();
+                put_status_entries(&mut block, Some(&ok));
+                metadata.encode(&mut block);
+                let mut general = WriteBuf::new();
+                general.put(|b| {
+                    let flags = Flags::END_STREAM.with_if(Flags::MESSAGE, message.is_some());
+                    let len = message.map_or(0, |p| p.len());
+                    put_header(b, FrameType::Headers, flags, 7, block.len(), len);
+                    b.extend_from_slice(&block);
+                });
+                if let Some(p) = message {
+                    general.put_payload(&p.bytes);
+                }
                 assert_eq!(
                     drain(&mut fast),
                     drain(&mut general),
