@@ -59,9 +59,12 @@ impl std::error::Error for InvalidMetadata {}
 pub struct MetadataValue(Bytes);
 
 fn check_text(value: &str) -> Result<(), InvalidMetadata> {
+    let b = value.as_bytes();
+    if is_printable_ascii(b) {
+        return Ok(());
+    }
     // Control characters: C0 (below 0x20, but tab) and DEL are single bytes;
     // C1 (U+0080..=U+009F) is encoded as 0xC2 followed by 0x80..=0x9F.
-    let b = value.as_bytes();
     let c0 = |c: u8| (c < 0x20 && c != b'\t') || c == 0x7f;
     let c1 = |w: &[u8]| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1]);
     // A fold without early exit is vectorised; C1 needs non-ASCII bytes.
@@ -72,6 +75,29 @@ fn check_text(value: &str) -> Result<(), InvalidMetadata> {
         ));
     }
     Ok(())
+}
+
+/// True if every byte is printable ASCII (0x20..=0x7E), eight bytes at a
+/// time: the common case, decided without a byte loop. False may still be a
+/// valid value (a tab, non-ASCII text): the caller checks those byte by byte.
+fn is_printable_ascii(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        let x = u64::from_le_bytes(word);
+        // A byte below 0x20 or equal to 0x7F sets its high bit in `below`
+        // or `del` (exact once bytes over 0x7F are ruled out by `x & HIGH`).
+        let below = x.wrapping_sub(0x20 * ONES) & !x;
+        let y = x ^ (0x7f * ONES);
+        let del = y.wrapping_sub(ONES) & !y;
+        if (x | below | del) & HIGH != 0 {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|c| (0x20..0x7f).contains(c))
 }
 
 impl MetadataValue {
@@ -610,6 +636,29 @@ pub(crate) fn push_wire_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_ascii_is_recognised_a_word_at_a_time() {
+        let printable: Vec<u8> = (0x20..0x7f).collect();
+        assert!(is_printable_ascii(&printable));
+        assert!(is_printable_ascii(b""));
+        // Every non-printable byte, at every position of a word and of the
+        // tail, is caught.
+        for bad in (0u8..0x20).chain([0x7f, 0x80, 0xc2, 0xff]) {
+            for len in 1..=19 {
+                for at in 0..len {
+                    let mut v = vec![b'a'; len];
+                    v[at] = bad;
+                    assert!(!is_printable_ascii(&v), "{bad:#x} at {at} of {len}");
+                }
+            }
+        }
+        // The slow path still takes what the fast one leaves.
+        assert!(check_text("a\tb").is_ok());
+        assert!(check_text("caf\u{e9}").is_ok());
+        assert!(check_text("a\u{85}b").is_err());
+        assert!(check_text("a\x7fb").is_err());
+    }
 
     #[test]
     fn insert_replaces_and_append_keeps() {

@@ -299,26 +299,32 @@ impl RpcMetrics {
         self.inner.side
     }
 
-    /// The metrics of `method` on `protocol` (created on first use).
-    pub(crate) fn method(&self, protocol: Protocol, method: &Method) -> Arc<MethodStats> {
+    /// The metrics of `method` on `protocol` (created on first use), with
+    /// the table's own copy of the name (none for the methods beyond
+    /// `max_methods`, which share one entry).
+    pub(crate) fn method(
+        &self,
+        protocol: Protocol,
+        method: &Method,
+    ) -> (Option<Method>, Arc<MethodStats>) {
         let f = &*self.inner;
         let key = (protocol, method.clone());
         {
             let map = read(&f.methods);
-            if let Some(m) = map.get(&key) {
-                return m.clone();
+            if let Some(((_, name), m)) = map.get_key_value(&key) {
+                return (Some(name.clone()), m.clone());
             }
             if map.len() >= f.max_methods {
-                return self.other(protocol);
+                return (None, self.other(protocol));
             }
         }
         let mut map = f.methods.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = map.get(&key) {
-            return m.clone();
+        if let Some(((_, name), m)) = map.get_key_value(&key) {
+            return (Some(name.clone()), m.clone());
         }
         if map.len() >= f.max_methods {
             drop(map);
-            return self.other(protocol);
+            return (None, self.other(protocol));
         }
         let stats = Arc::new(MethodStats::new(
             protocol,
@@ -331,11 +337,9 @@ impl RpcMetrics {
             .unwrap_or_else(|e| e.into_inner())
             .push(stats.clone());
         // An owned copy: the request's method may share a large read buffer.
-        map.insert(
-            (protocol, Method::from(method.as_str().to_owned())),
-            stats.clone(),
-        );
-        stats
+        let name = Method::from(method.as_str().to_owned());
+        map.insert((protocol, name.clone()), stats.clone());
+        (Some(name), stats)
     }
 
     /// The metrics shared by the methods beyond `max_methods` on `protocol`.

@@ -69,9 +69,12 @@ pub use layer::{MetricsBuilder, MetricsLayer};
 pub use transport::TransportCollector;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use rustc_hash::FxBuildHasher;
 use tokio::time::Instant;
 use tower_service::Service;
 use trpc::{Body, BoxError, Method, Protocol, Request, Response};
@@ -112,47 +115,66 @@ impl<S> Metrics<S> {
 }
 
 thread_local! {
-    /// The last few methods counted on this thread, so most calls find
-    /// their metrics without touching the shared method table. Per thread,
-    /// not per service: a server calls a fresh clone of its stack for each
-    /// call, whose own cache would always start empty.
-    static RECENT: RefCell<Recent> = const {
-        RefCell::new(Recent {
-            entries: [const { None }; 8],
-            next: 0,
-        })
-    };
+    /// The metrics this thread has counted in, so most calls find theirs
+    /// without touching the shared method table (its read lock, its hash of
+    /// the key). Per thread, not per service: a server calls a fresh clone
+    /// of its stack for each call, whose own cache would always start empty.
+    static METHODS: RefCell<ThreadMethods> = RefCell::new(ThreadMethods::default());
 }
 
-/// A cached method's metrics: `(RpcMetrics::id, protocol, method, stats)`.
-type RecentEntry = (u64, Protocol, Method, Arc<MethodStats>);
+/// At most this many `(metrics, protocol)` tables per thread, and this many
+/// names in each: past either, the cache starts over (names come from the
+/// wire and are not bounded by the routes a server has).
+const MAX_TABLES: usize = 16;
+const MAX_NAMES: usize = 1024;
 
-/// The last methods counted on a thread (a ring).
-struct Recent {
-    entries: [Option<RecentEntry>; 8],
-    next: usize,
+/// The metrics of each method name seen, for one `(metrics, protocol)`.
+type Names = HashMap<Bytes, Arc<MethodStats>, FxBuildHasher>;
+
+/// Per thread: the names of each `(RpcMetrics::id, protocol)`.
+#[derive(Default)]
+struct ThreadMethods {
+    tables: Vec<(u64, Protocol, Names)>,
 }
 
 /// The stripe this thread counts `method` in, in `metrics`.
 fn stripe(metrics: &RpcMetrics, protocol: Protocol, method: &Method) -> Arc<Stripe> {
     let id = metrics.id();
-    RECENT.with(|recent| {
+    METHODS.with(|cache| {
         // Never re-entered: nothing below calls back into this layer.
-        let Ok(mut recent) = recent.try_borrow_mut() else {
-            return metrics.method(protocol, method).stripe();
+        let Ok(mut cache) = cache.try_borrow_mut() else {
+            return metrics.method(protocol, method).1.stripe();
         };
-        for (i, p, m, stats) in recent.entries.iter().flatten() {
-            if *i == id && *p == protocol && m.as_bytes() == method.as_bytes() {
-                return stats.stripe();
+        let tables = &mut cache.tables;
+        let at = match tables
+            .iter()
+            .position(|(i, p, _)| *i == id && *p == protocol)
+        {
+            Some(at) => at,
+            None => {
+                if tables.len() >= MAX_TABLES {
+                    tables.clear();
+                }
+                tables.push((id, protocol, HashMap::default()));
+                tables.len() - 1
             }
+        };
+        let names = &mut tables[at].2;
+        if let Some(stats) = names.get(&method.as_bytes()[..]) {
+            return stats.stripe();
         }
-        let stats = metrics.method(protocol, method);
+        let (name, stats) = metrics.method(protocol, method);
+        if names.len() >= MAX_NAMES {
+            names.clear();
+        }
+        // The table's copy of the name when there is one; the request's
+        // method may share a large read buffer.
+        let key = match name {
+            Some(name) => name.as_bytes().clone(),
+            None => Bytes::copy_from_slice(method.as_bytes()),
+        };
         let stripe = stats.stripe();
-        // An owned copy: the request's method may share a large read buffer.
-        let owned = Method::from(method.as_str().to_owned());
-        let next = recent.next;
-        recent.entries[next] = Some((id, protocol, owned, stats));
-        recent.next = (next + 1) % recent.entries.len();
+        names.insert(key, stats);
         stripe
     })
 }

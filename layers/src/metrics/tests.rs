@@ -393,3 +393,32 @@ async fn two_stacks_on_one_thread_count_apart() {
     assert_eq!(calls(&r1), Some(3.0));
     assert_eq!(calls(&r2), Some(2.0));
 }
+
+/// More methods than a small cache would hold, interleaved on one thread:
+/// each still counts its own calls.
+#[tokio::test]
+async fn many_interleaved_methods_count_apart() {
+    let registry = Registry::new();
+    let layer = MetricsLayer::server(&registry).unwrap();
+    let (svc, mut handle) = mock::spawn_layer::<Request<Body>, Response<Body>, _>(layer);
+    let methods: Vec<String> = (0..20).map(|i| format!("a.B/M{i}")).collect();
+    for _ in 0..3 {
+        for m in &methods {
+            let mut fresh = svc.clone();
+            assert!(fresh.poll_ready().is_ready());
+            let fut = fresh.call(request("a.B/unused", "x").with_method(m.clone()));
+            let (_req, send) = handle.next_request().await.unwrap();
+            send.send_response(response("y"));
+            fut.await.unwrap();
+        }
+    }
+    let text = scrape(&registry);
+    for m in &methods {
+        let calls = sample(
+            &text,
+            "trpc_server_calls_total",
+            &[("method", m), ("code", "OK"), ("protocol", "trpc")],
+        );
+        assert_eq!(calls, Some(3.0), "{m}");
+    }
+}
