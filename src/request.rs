@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -129,10 +130,8 @@ pub struct Request<T> {
     method: Method,
     metadata: MetadataMap,
     deadline: Option<Instant>,
-    /// Set by a server transport that enforces the deadline itself: it learns
-    /// of every later [`Request::set_deadline`].
-    deadline_sink: Option<DeadlineSink>,
-    remote_addr: Option<SocketAddr>,
+    /// The peer and the transport's deadline enforcement (server side).
+    origin: Option<Arc<Origin>>,
     stream_id: u32,
     protocol: Protocol,
     extensions: Extensions,
@@ -146,8 +145,7 @@ impl<T> Request<T> {
             method: Method::default(),
             metadata: MetadataMap::new(),
             deadline: None,
-            deadline_sink: None,
-            remote_addr: None,
+            origin: None,
             stream_id: 0,
             protocol: Protocol::Trpc,
             extensions: Extensions::new(),
@@ -220,8 +218,8 @@ impl<T> Request<T> {
             _ => deadline,
         };
         self.deadline = Some(new);
-        if let Some(sink) = &self.deadline_sink {
-            sink.0.tighten(self.stream_id, new);
+        if let Some(watch) = self.deadline_watch() {
+            watch.tighten(self.stream_id, new);
         }
     }
 
@@ -231,8 +229,8 @@ impl<T> Request<T> {
     /// extend the call.
     pub fn replace_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
-        if let (Some(sink), Some(d)) = (&self.deadline_sink, deadline) {
-            sink.0.tighten(self.stream_id, d);
+        if let (Some(watch), Some(d)) = (self.deadline_watch(), deadline) {
+            watch.tighten(self.stream_id, d);
         }
     }
 
@@ -240,13 +238,17 @@ impl<T> Request<T> {
     /// enforces its deadline: when it passes the transport drops the call and
     /// answers DEADLINE_EXCEEDED, so layers need not keep a timer of their own.
     pub fn deadline_enforced(&self) -> bool {
-        self.deadline_sink.is_some()
+        self.deadline_watch().is_some()
     }
 
-    /// Attaches the transport's deadline enforcement (server side).
-    #[allow(dead_code)] // wired into the server engine next
-    pub(crate) fn set_deadline_sink(&mut self, sink: DeadlineSink) {
-        self.deadline_sink = Some(sink);
+    fn deadline_watch(&self) -> Option<&Arc<dyn DeadlineWatch>> {
+        self.origin.as_ref()?.deadline_watch.as_ref()
+    }
+
+    /// Attaches what the receiving connection shares with its requests: the
+    /// peer's address and the transport's deadline enforcement.
+    pub(crate) fn set_origin(&mut self, origin: Arc<Origin>) {
+        self.origin = Some(origin);
     }
 
     /// Sets the deadline to now + `timeout`, keeping an earlier existing deadline.
@@ -262,12 +264,12 @@ impl<T> Request<T> {
 
     /// The peer's address (set by the server).
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.remote_addr
+        self.origin.as_ref()?.remote_addr
     }
 
     /// Sets the peer address.
     pub fn set_remote_addr(&mut self, addr: Option<SocketAddr>) {
-        self.remote_addr = addr;
+        self.origin = Origin::with_remote_addr(self.origin.as_deref(), addr);
     }
 
     /// Extensions: typed values layers attach for each other (never sent).
@@ -308,8 +310,7 @@ impl<T> Request<T> {
                 method: self.method,
                 metadata: self.metadata,
                 deadline: self.deadline,
-                deadline_sink: self.deadline_sink,
-                remote_addr: self.remote_addr,
+                origin: self.origin,
                 stream_id: self.stream_id,
                 protocol: self.protocol,
                 extensions: self.extensions,
@@ -324,8 +325,7 @@ impl<T> Request<T> {
             method: parts.method,
             metadata: parts.metadata,
             deadline: parts.deadline,
-            deadline_sink: parts.deadline_sink,
-            remote_addr: parts.remote_addr,
+            origin: parts.origin,
             stream_id: parts.stream_id,
             protocol: parts.protocol,
             extensions: parts.extensions,
@@ -343,8 +343,7 @@ impl Request<Body> {
             metadata: self.metadata.clone(),
             deadline: self.deadline,
             // A copy is not the call the transport tracks.
-            deadline_sink: None,
-            remote_addr: self.remote_addr,
+            origin: Origin::with_remote_addr(None, self.remote_addr()),
             stream_id: self.stream_id,
             protocol: self.protocol,
             extensions: self.extensions.clone(),
@@ -359,7 +358,7 @@ impl<T: fmt::Debug> fmt::Debug for Request<T> {
             .field("method", &self.method)
             .field("metadata", &self.metadata)
             .field("deadline", &self.deadline)
-            .field("remote_addr", &self.remote_addr)
+            .field("remote_addr", &self.remote_addr())
             .field("message", &self.message)
             .finish()
     }
@@ -374,15 +373,20 @@ pub struct RequestParts {
     pub metadata: MetadataMap,
     /// The deadline.
     pub deadline: Option<Instant>,
-    pub(crate) deadline_sink: Option<DeadlineSink>,
-    /// The peer address.
-    pub remote_addr: Option<SocketAddr>,
+    origin: Option<Arc<Origin>>,
     /// The stream id (server side).
     pub stream_id: u32,
     /// The protocol the request arrived on (server side).
     pub protocol: Protocol,
     /// Extensions.
     pub extensions: Extensions,
+}
+
+impl RequestParts {
+    /// The peer address (set by the server).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.origin.as_ref()?.remote_addr
+    }
 }
 
 /// A call's response: the message plus metadata and extensions.
@@ -476,12 +480,35 @@ pub(crate) trait DeadlineWatch: Send + Sync + 'static {
     fn tighten(&self, stream_id: u32, deadline: Instant);
 }
 
-/// A shared handle to a transport's [`DeadlineWatch`].
-#[derive(Clone)]
-pub(crate) struct DeadlineSink(pub(crate) std::sync::Arc<dyn DeadlineWatch>);
+/// What the server connection that received a request shares with all of
+/// its requests: one pointer in each request instead of the peer's address
+/// and the deadline watch side by side.
+pub(crate) struct Origin {
+    pub(crate) remote_addr: Option<SocketAddr>,
+    /// Set by a transport that enforces deadlines itself: it learns of every
+    /// later [`Request::set_deadline`].
+    pub(crate) deadline_watch: Option<Arc<dyn DeadlineWatch>>,
+}
 
-impl fmt::Debug for DeadlineSink {
+impl Origin {
+    /// `origin` with another peer address (a new one, shared with no other
+    /// request); `None` when it would hold nothing.
+    fn with_remote_addr(origin: Option<&Origin>, addr: Option<SocketAddr>) -> Option<Arc<Origin>> {
+        let deadline_watch = origin.and_then(|o| o.deadline_watch.clone());
+        (addr.is_some() || deadline_watch.is_some()).then(|| {
+            Arc::new(Origin {
+                remote_addr: addr,
+                deadline_watch,
+            })
+        })
+    }
+}
+
+impl fmt::Debug for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DeadlineSink")
+        f.debug_struct("Origin")
+            .field("remote_addr", &self.remote_addr)
+            .field("deadline_enforced", &self.deadline_watch.is_some())
+            .finish()
     }
 }

@@ -32,7 +32,7 @@ use crate::frame::{self, Flags, Frame, FrameHeader, FrameType, Goaway, GoawayCod
 use crate::proto::{
     ConnError, Driver, DriverConfig, Exit, PeerSettings, Role, Shared, State, Stream, StreamState,
 };
-use crate::request::{DeadlineSink, Request, Response};
+use crate::request::{Origin, Request, Response};
 use crate::status::{BoxError, Code, Status};
 use crate::stream::HoldCredit;
 use crate::wire;
@@ -50,7 +50,8 @@ pub(crate) struct ServerRole<S: Service<Request<Body>>> {
     cfg: Arc<ServerConfig>,
     peer: SocketAddr,
     shared: Arc<Shared<ServerStream>>,
-    deadline_sink: DeadlineSink,
+    /// The peer and the deadline watch, shared by every request.
+    origin: Arc<Origin>,
     conn_extensions: Option<http::Extensions>,
     /// Admitted calls waiting for the service.
     queue: VecDeque<(u32, Request<Body>)>,
@@ -119,7 +120,10 @@ where
         ServerRole {
             svc,
             peer,
-            deadline_sink: DeadlineSink(shared.clone()),
+            origin: Arc::new(Origin {
+                remote_addr: Some(peer),
+                deadline_watch: Some(shared.clone()),
+            }),
             shared,
             conn_extensions: extensions,
             queue: VecDeque::new(),

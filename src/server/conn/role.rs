@@ -105,7 +105,6 @@ where
         };
         let mut req = Request::new(body).with_method(head.method);
         *req.metadata_mut() = head.metadata;
-        req.set_remote_addr(Some(self.peer));
         req.set_stream_id(id);
         if let Some(ext) = &self.conn_extensions {
             *req.extensions_mut() = ext.clone();
@@ -119,10 +118,10 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // The deadline first, then the sink: with the state locked here,
-        // the request must not report to the sink.
+        // The deadline first, then the origin (with the deadline watch):
+        // with the state locked here, the request must not report to it.
         req.replace_deadline(deadline);
-        req.set_deadline_sink(self.deadline_sink.clone());
+        req.set_origin(self.origin.clone());
         st.held_bytes += cost;
         st.streams.insert(id, stream);
         if let Some(d) = deadline {
