@@ -26,8 +26,13 @@ async fn who(req: Request<EchoMsg>) -> Result<Response<EchoMsg>, Status> {
         .and_then(|t| t.peer_identity())
         .and_then(|i| i.name().map(str::to_owned))
         .unwrap_or_default();
+    // The peer's address, set by either transport.
+    let peer = req
+        .remote_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     Ok(Response::new(EchoMsg::new(format!(
-        "{} alpn={alpn} client={client}",
+        "{} alpn={alpn} client={client} peer={peer}",
         req.protocol()
     ))))
 }
@@ -65,11 +70,11 @@ async fn one_tls_port_serves_grpc_by_alpn_h2_and_native_by_alpn_trpc() {
     for (target, want) in [
         (
             format!("https://{}", server.addr),
-            "grpc alpn=h2 client=carol",
+            "grpc alpn=h2 client=carol peer=127.0.0.1",
         ),
         (
             format!("tcp://{}", server.addr),
-            "trpc alpn=trpc/1 client=carol",
+            "trpc alpn=trpc/1 client=carol peer=127.0.0.1",
         ),
     ] {
         let channel = Endpoint::new(&target)
@@ -187,7 +192,7 @@ async fn with_grpc_off_an_http2_client_is_refused_and_native_calls_work() {
         .unary_message("t.T/Who", EchoMsg::new(""))
         .await
         .unwrap();
-    assert_eq!(reply.message, "trpc alpn= client=");
+    assert_eq!(reply.message, "trpc alpn= client= peer=127.0.0.1");
     server.shutdown().await;
 }
 

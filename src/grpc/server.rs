@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::http::{Config, HttpService, Hyper};
+use crate::request::Origin;
 use crate::server::{ConnCtx, ConnService, ServerConfig};
 
 /// HTTP/2 header blocks (pseudo-headers and HPACK overhead included) may be
@@ -47,7 +48,10 @@ fn service<S>(
             timeout: cfg.timeout,
             grpc: true,
             json: true,
-            peer: Some(peer),
+            origin: Some(Arc::new(Origin {
+                remote_addr: Some(peer),
+                deadline_watch: None,
+            })),
             conn_extensions,
             calls: Some(calls),
         },

@@ -48,7 +48,6 @@ pub use body::HttpBody;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -69,7 +68,7 @@ use crate::grpc::body::{
     body_error, deadline_status, panicked, Guarded, MessageStream, Prepend, Side,
 };
 use crate::grpc::{metadata, status as grpc_status, timeout};
-use crate::request::{Method, Protocol, Request, Response};
+use crate::request::{Method, Origin, Protocol, Request, Response};
 use crate::status::{BoxError, Status};
 
 use self::body::{error_json, log_failure, APPLICATION_JSON, APPLICATION_NDJSON};
@@ -94,7 +93,8 @@ pub(crate) struct Config {
     pub(crate) timeout: Option<Duration>,
     pub(crate) grpc: bool,
     pub(crate) json: bool,
-    pub(crate) peer: Option<SocketAddr>,
+    /// The peer's address, shared by the connection's requests.
+    pub(crate) origin: Option<Arc<Origin>>,
     pub(crate) conn_extensions: Option<http::Extensions>,
     /// Counts the calls started on the connection (its idle check).
     pub(crate) calls: Option<Arc<std::sync::atomic::AtomicUsize>>,
@@ -108,7 +108,7 @@ impl Default for Config {
             timeout: None,
             grpc: true,
             json: true,
-            peer: None,
+            origin: None,
             conn_extensions: None,
             calls: None,
         }
@@ -431,7 +431,9 @@ where
         ctx.method = method.clone();
         let mut req = Request::new(Body::empty()).with_method(method);
         req.set_protocol(protocol);
-        req.set_remote_addr(cfg.peer);
+        if let Some(origin) = &cfg.origin {
+            req.set_origin(origin.clone());
+        }
         metadata::read(&parts.headers, req.metadata_mut());
         if let Some(c) = codec {
             set_codec_name(req.metadata_mut(), c);
