@@ -17,6 +17,7 @@
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
 
 /// Maximum key length in bytes.
 pub const MAX_KEY_LEN: usize = 255;
@@ -56,7 +57,7 @@ impl std::error::Error for InvalidMetadata {}
 /// assert!(MetadataValue::try_from("bad\nvalue").is_err());
 /// ```
 #[derive(Clone, PartialEq, Eq)]
-pub struct MetadataValue(Bytes);
+pub struct MetadataValue(ByteString);
 
 fn check_text(value: &str) -> Result<(), InvalidMetadata> {
     let b = value.as_bytes();
@@ -109,13 +110,12 @@ impl MetadataValue {
         if let Err(e) = check_text(s) {
             panic!("MetadataValue::from_static({s:?}): {e}");
         }
-        MetadataValue(Bytes::from_static(s.as_bytes()))
+        MetadataValue(ByteString::from_static(s))
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        // Validated UTF-8 on every way in.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        &self.0
     }
 }
 
@@ -153,7 +153,7 @@ impl TryFrom<String> for MetadataValue {
     type Error = InvalidMetadata;
     fn try_from(s: String) -> Result<Self, InvalidMetadata> {
         check_text(&s)?;
-        Ok(MetadataValue(Bytes::from(s)))
+        Ok(MetadataValue(ByteString::from(s)))
     }
 }
 
@@ -161,7 +161,7 @@ impl TryFrom<&str> for MetadataValue {
     type Error = InvalidMetadata;
     fn try_from(s: &str) -> Result<Self, InvalidMetadata> {
         check_text(s)?;
-        Ok(MetadataValue(Bytes::copy_from_slice(s.as_bytes())))
+        Ok(MetadataValue(ByteString::from(s)))
     }
 }
 
@@ -189,7 +189,38 @@ const CODEC_KEY: &[u8] = b"trpc-codec";
 #[derive(Clone, PartialEq, Eq)]
 struct Entry {
     key: Bytes,
-    value: Bytes,
+    value: Value,
+}
+
+/// An entry's value: text (UTF-8 checked once, on the way in, so reading it
+/// as `&str` costs nothing) or, for `-bin` keys, bytes.
+#[derive(Clone, PartialEq, Eq)]
+enum Value {
+    Text(ByteString),
+    Binary(Bytes),
+}
+
+impl Value {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Text(s) => s.as_bytes(),
+            Value::Binary(b) => b,
+        }
+    }
+
+    fn text(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            Value::Binary(_) => None,
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Value::Text(s) => s.into_bytes(),
+            Value::Binary(b) => b,
+        }
+    }
 }
 
 impl Entry {
@@ -300,7 +331,7 @@ impl MetadataMap {
     pub fn try_insert(&mut self, key: &str, value: &str) -> Result<(), InvalidMetadata> {
         let (key, value) = Self::text_entry(key, value)?;
         self.remove(std::str::from_utf8(&key).unwrap_or_default());
-        self.push(key, value);
+        self.push(key, Value::Text(value));
         Ok(())
     }
 
@@ -308,19 +339,19 @@ impl MetadataMap {
     /// holds one value: it is replaced).
     pub fn append(&mut self, key: &str, value: &str) -> Result<(), InvalidMetadata> {
         let (key, value) = Self::text_entry(key, value)?;
-        self.push(key, value);
+        self.push(key, Value::Text(value));
         Ok(())
     }
 
-    fn push(&mut self, key: Bytes, value: Bytes) {
+    fn push(&mut self, key: Bytes, value: Value) {
         if key == CODEC_KEY {
-            self.codec = Some(value);
+            self.codec = Some(value.into_bytes());
         } else {
             self.entries.push(Entry { key, value });
         }
     }
 
-    fn text_entry(key: &str, value: &str) -> Result<(Bytes, Bytes), InvalidMetadata> {
+    fn text_entry(key: &str, value: &str) -> Result<(Bytes, ByteString), InvalidMetadata> {
         validate_key(key.as_bytes())?;
         if is_binary_key(key.as_bytes()) {
             return Err(InvalidMetadata::new(format!(
@@ -332,7 +363,7 @@ impl MetadataMap {
         })?;
         Ok((
             Bytes::copy_from_slice(key.as_bytes()),
-            Bytes::copy_from_slice(value.as_bytes()),
+            ByteString::from(value),
         ))
     }
 
@@ -350,7 +381,7 @@ impl MetadataMap {
             "MetadataMap::insert_value({key:?}): -bin keys take insert_bin"
         );
         self.remove(key);
-        self.push(Bytes::from_static(key.as_bytes()), value.0);
+        self.push(Bytes::from_static(key.as_bytes()), Value::Text(value.0));
     }
 
     /// Sets a binary value (key must end in `-bin`), replacing existing values.
@@ -378,7 +409,7 @@ impl MetadataMap {
         self.remove(key);
         self.entries.push(Entry {
             key: Bytes::copy_from_slice(key.as_bytes()),
-            value: value.into(),
+            value: Value::Binary(value.into()),
         });
         Ok(())
     }
@@ -394,7 +425,7 @@ impl MetadataMap {
         self.entries
             .iter()
             .find(|e| e.key == key.as_bytes())
-            .and_then(|e| std::str::from_utf8(&e.value).ok())
+            .and_then(|e| e.value.text())
     }
 
     /// All text values of `key`, in order.
@@ -406,7 +437,7 @@ impl MetadataMap {
             self.entries
                 .iter()
                 .filter(move |e| e.key == key.as_bytes())
-                .filter_map(|e| std::str::from_utf8(&e.value).ok()),
+                .filter_map(|e| e.value.text()),
         )
     }
 
@@ -418,7 +449,10 @@ impl MetadataMap {
         self.entries
             .iter()
             .find(|e| e.key == key.as_bytes())
-            .map(|e| &e.value)
+            .and_then(|e| match &e.value {
+                Value::Binary(b) => Some(b),
+                Value::Text(_) => None,
+            })
     }
 
     /// True if `key` has at least one value.
@@ -442,9 +476,11 @@ impl MetadataMap {
     /// Iterates over `(key, value)` pairs; binary values are raw bytes.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         let codec = self.codec.as_deref().map(|v| ("trpc-codec", v));
-        codec
-            .into_iter()
-            .chain(self.entries.iter().map(|e| (e.key_str(), &e.value[..])))
+        codec.into_iter().chain(
+            self.entries
+                .iter()
+                .map(|e| (e.key_str(), e.value.as_bytes())),
+        )
     }
 
     /// Moves every entry of `other` into `self` (appending).
@@ -463,7 +499,7 @@ impl MetadataMap {
             + self
                 .entries
                 .iter()
-                .map(|e| entry_len(e.key.len(), e.value.len()))
+                .map(|e| entry_len(e.key.len(), e.value.as_bytes().len()))
                 .sum::<usize>()
     }
 
@@ -473,7 +509,7 @@ impl MetadataMap {
             encode_entry(dst, CODEC_KEY, v);
         }
         for e in &self.entries {
-            encode_entry(dst, &e.key, &e.value);
+            encode_entry(dst, &e.key, e.value.as_bytes());
         }
     }
 }
@@ -486,9 +522,9 @@ impl fmt::Debug for MetadataMap {
         }
         for e in &self.entries {
             if is_binary_key(&e.key) {
-                m.entry(&e.key_str(), &e.value);
+                m.entry(&e.key_str(), &e.value.as_bytes());
             } else {
-                m.entry(&e.key_str(), &String::from_utf8_lossy(&e.value));
+                m.entry(&e.key_str(), &String::from_utf8_lossy(e.value.as_bytes()));
             }
         }
         m.finish()
@@ -623,13 +659,19 @@ pub(crate) fn push_wire_entry(
     if !known {
         validate_key(key)?;
     }
-    if !is_binary_key(key) && !value.is_ascii() && std::str::from_utf8(value).is_err() {
-        return Err(InvalidMetadata::new(format!(
-            "value of text key {:?} is not UTF-8 (binary keys must end in -bin)",
-            String::from_utf8_lossy(key)
-        )));
-    }
-    map.push(block.slice_ref(key), block.slice_ref(value));
+    let value = block.slice_ref(value);
+    let value = if is_binary_key(key) {
+        Value::Binary(value)
+    } else {
+        // Checked once here: reading it as `&str` is then free.
+        Value::Text(ByteString::try_from(value).map_err(|_| {
+            InvalidMetadata::new(format!(
+                "value of text key {:?} is not UTF-8 (binary keys must end in -bin)",
+                String::from_utf8_lossy(key)
+            ))
+        })?)
+    };
+    map.push(block.slice_ref(key), value);
     Ok(())
 }
 
