@@ -646,17 +646,17 @@ pub(crate) fn push_wire_entry(
     // The codec entry first: it is on nearly every call and the key is known.
     // A built-in codec's name is held as a static: no reference to the read
     // buffer, whose shared count the threads that end calls then fight over.
-    let known = key == CODEC_KEY;
-    let builtin = match value {
-        b"proto" => Some("proto"),
-        b"json" => Some("json"),
-        _ => None,
-    };
-    if known && builtin.is_some() {
-        map.set_codec(builtin);
-        return Ok(());
-    }
-    if !known {
+    if key == CODEC_KEY {
+        let builtin = match value {
+            b"proto" => Some("proto"),
+            b"json" => Some("json"),
+            _ => None,
+        };
+        if builtin.is_some() {
+            map.set_codec(builtin);
+            return Ok(());
+        }
+    } else {
         validate_key(key)?;
     }
     let value = block.slice_ref(value);

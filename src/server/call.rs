@@ -83,36 +83,13 @@ fn panicked(method: &Method, panic: &(dyn Any + Send)) -> Status {
     Status::internal(format!("handler panicked: {msg}"))
 }
 
-impl<S, E> CallTask<S, S::Future>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = E>,
-    E: Into<BoxError>,
-{
-    /// A call that calls `svc` (an instance whose `poll_ready` said ready)
-    /// with `req` when it is first polled.
-    pub(crate) fn new(
-        shared: Arc<Shared<ServerStream>>,
-        id: u32,
-        method: Method,
-        svc: S,
-        req: Request<Body>,
-    ) -> Self {
-        CallTask {
-            shared,
-            id,
-            method,
-            phase: Phase::Start {
-                call: Some((svc, req)),
-            },
-        }
-    }
-}
-
-/// A call on its way to a task of the pool: what [`CallTask::new`] takes.
+/// A call before it runs: the service instance whose `poll_ready` said
+/// ready and the request it is to be called with. Small to move: it becomes
+/// its [`CallTask`] where it runs (a task of the pool, or the connection's
+/// own task in inline mode).
 pub(crate) struct CallStart<S> {
     pub(crate) shared: Arc<Shared<ServerStream>>,
     pub(crate) id: u32,
-    pub(crate) method: Method,
     pub(crate) svc: S,
     pub(crate) req: Request<Body>,
 }
@@ -126,7 +103,14 @@ where
     type Task = CallTask<S, S::Future>;
 
     fn start(self) -> Self::Task {
-        CallTask::new(self.shared, self.id, self.method, self.svc, self.req)
+        CallTask {
+            shared: self.shared,
+            id: self.id,
+            method: self.req.method().clone(),
+            phase: Phase::Start {
+                call: Some((self.svc, self.req)),
+            },
+        }
     }
 }
 

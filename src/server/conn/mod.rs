@@ -24,7 +24,7 @@ use super::accept::{ConnCtx, ConnService};
 use super::call::{write_response, CallStart, CallTask};
 use super::limits::CancelBudget;
 use super::local::LocalCalls;
-use super::pool::CallPool;
+use super::pool::{CallPool, Job as _};
 use super::stream::{answer, close_stream, CallRef, Reply, ServerStream};
 use super::ServerConfig;
 use crate::body::{Body, Payload};
@@ -265,22 +265,20 @@ where
             // place here.
             let fresh = self.svc.clone();
             let svc = std::mem::replace(&mut self.svc, fresh);
-            let method = req.method().clone();
-            let shared = self.shared.clone();
+            let start = CallStart {
+                shared: self.shared.clone(),
+                id,
+                svc,
+                req,
+            };
             let call = match &mut self.local {
-                Some(local) => match local.push(CallTask::new(shared, id, method, svc, req)) {
+                Some(local) => match local.push(start.start()) {
                     Some(idx) => CallRef::Local(idx),
                     None => continue, // finished at once
                 },
                 None => {
                     self.spawned = true;
-                    CallRef::Task(self.pool.run(CallStart {
-                        shared,
-                        id,
-                        method,
-                        svc,
-                        req,
-                    }))
+                    CallRef::Task(self.pool.run(start))
                 }
             };
             self.started.push((id, call));
