@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::body::Payload;
 use crate::frame::{header_bytes, put_header, Flags, FrameType, WriteBuf, HEADER_LEN};
-use crate::metadata::{self, encode_entry, entry_len, BlockIter, MetadataMap};
+use crate::metadata::{self, encode_entry, entry_len, BlockIter, MetadataMap, ReceivedEntries};
 use crate::request::Method;
 use crate::status::{Code, Status};
 
@@ -26,7 +26,10 @@ const MAX_STATUS_MESSAGE: usize = 4 * 1024;
 pub(crate) struct RequestHead {
     pub(crate) method: Method,
     pub(crate) timeout: Option<Duration>,
+    /// The codec alone: the other entries are in `entries`.
     pub(crate) metadata: MetadataMap,
+    /// The user entries, validated, when there are any.
+    pub(crate) entries: Option<ReceivedEntries>,
 }
 
 /// A response HEADERS or TRAILERS block, decoded.
@@ -77,6 +80,8 @@ pub(crate) fn decode_request_head(block: Bytes) -> Result<RequestHead, Status> {
     let mut method = None;
     let mut timeout = None;
     let mut metadata = MetadataMap::new();
+    // Where the user entries start and end in the block.
+    let mut user_entries: Option<std::ops::Range<usize>> = None;
     for entry in BlockIter::new(&block) {
         let (key, value) = entry.map_err(bad)?;
         if key.first() == Some(&b':') {
@@ -98,7 +103,10 @@ pub(crate) fn decode_request_head(block: Bytes) -> Result<RequestHead, Status> {
                 _ => {} // unknown pseudo-headers are ignored
             }
         } else {
-            metadata::push_wire_entry(&mut metadata, &block, key, value).map_err(bad)?;
+            if metadata::check_wire_entry(&mut metadata, &block, key, value).map_err(bad)? {
+                let span = metadata::entry_span(&block, key, value);
+                user_entries = Some(user_entries.map_or(span.clone(), |s| s.start..span.end));
+            }
         }
     }
     let method = method.ok_or_else(|| Status::invalid_argument("request without :path"))?;
@@ -106,6 +114,7 @@ pub(crate) fn decode_request_head(block: Bytes) -> Result<RequestHead, Status> {
         method,
         timeout,
         metadata,
+        entries: user_entries.map(|span| ReceivedEntries::new(block, span)),
     })
 }
 
@@ -570,9 +579,11 @@ mod tests {
         assert_eq!(f.stream_id(), 5);
         assert!(f.flags().contains(Flags::END_STREAM.with(Flags::MESSAGE)));
         assert_eq!(f.payload, "body");
-        let head = decode_request_head(f.metadata).unwrap();
+        let mut head = decode_request_head(f.metadata).unwrap();
         assert_eq!(head.method.as_str(), "pkg.S/M");
         assert_eq!(head.timeout, Some(Duration::from_millis(1500)));
+        assert!(head.metadata.is_empty(), "the entries come apart");
+        head.entries.unwrap().add_to(&mut head.metadata);
         assert_eq!(head.metadata, md);
     }
 

@@ -24,7 +24,7 @@ use tower_service::Service;
 use super::pool::Job;
 use super::stream::{Reply, ServerStream};
 use crate::body::{Body, Payload};
-use crate::metadata::MetadataMap;
+use crate::metadata::{MetadataMap, ReceivedEntries};
 use crate::proto::{SendError, Shared, State};
 use crate::request::{Method, Request, Response};
 use crate::status::{BoxError, Code, Status};
@@ -92,6 +92,9 @@ pub(crate) struct CallStart<S> {
     pub(crate) id: u32,
     pub(crate) svc: S,
     pub(crate) req: Request<Body>,
+    /// The request's metadata entries, added by [`Job::start`] where the
+    /// call runs (see [`ReceivedEntries`]).
+    pub(crate) entries: Option<ReceivedEntries>,
 }
 
 impl<S> Job for CallStart<S>
@@ -103,12 +106,22 @@ where
     type Task = CallTask<S, S::Future>;
 
     fn start(self) -> Self::Task {
+        let CallStart {
+            shared,
+            id,
+            svc,
+            mut req,
+            entries,
+        } = self;
+        if let Some(entries) = entries {
+            entries.add_to(req.metadata_mut());
+        }
         CallTask {
-            shared: self.shared,
-            id: self.id,
-            method: self.req.method().clone(),
+            shared,
+            id,
+            method: req.method().clone(),
             phase: Phase::Start {
-                call: Some((self.svc, self.req)),
+                call: Some((svc, req)),
             },
         }
     }

@@ -29,6 +29,7 @@ use super::stream::{answer, close_stream, CallRef, Reply, ServerStream};
 use super::ServerConfig;
 use crate::body::{Body, Payload};
 use crate::frame::{self, Flags, Frame, FrameHeader, FrameType, Goaway, GoawayCode};
+use crate::metadata::ReceivedEntries;
 use crate::proto::{
     ConnError, Driver, DriverConfig, Exit, PeerSettings, Role, Shared, State, Stream, StreamState,
 };
@@ -44,6 +45,14 @@ const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 
 type Call<S> = CallTask<S, <S as Service<Request<Body>>>::Future>;
 
+/// A request waiting for the service.
+struct Queued {
+    id: u32,
+    req: Request<Body>,
+    /// Its metadata entries, added where the call runs.
+    entries: Option<ReceivedEntries>,
+}
+
 /// The server's part of a trpc connection.
 pub(crate) struct ServerRole<S: Service<Request<Body>>> {
     svc: S,
@@ -54,7 +63,7 @@ pub(crate) struct ServerRole<S: Service<Request<Body>>> {
     origin: Arc<Origin>,
     conn_extensions: Option<http::Extensions>,
     /// Admitted calls waiting for the service.
-    queue: VecDeque<(u32, Request<Body>)>,
+    queue: VecDeque<Queued>,
     /// The last dispatch stopped with calls left: the service was not ready
     /// or the output is backed up. Nothing more is read meanwhile.
     backed_up: bool,
@@ -193,9 +202,9 @@ where
             CallRef::Task(call) => call.stop(),
             CallRef::Local(idx) => self.drop_local.push(idx),
             CallRef::Queued => {
-                if let Some(pos) = self.queue.iter().position(|(q, _)| *q == id) {
-                    if let Some((_, req)) = self.queue.remove(pos) {
-                        self.drop_requests.push(req);
+                if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
+                    if let Some(q) = self.queue.remove(pos) {
+                        self.drop_requests.push(q.req);
                     }
                 }
             }
@@ -246,7 +255,7 @@ where
                 Poll::Pending => break,
                 Poll::Ready(r) => r,
             };
-            let Some((id, req)) = self.queue.pop_front() else {
+            let Some(Queued { id, req, entries }) = self.queue.pop_front() else {
                 break;
             };
             did = true;
@@ -270,6 +279,7 @@ where
                 id,
                 svc,
                 req,
+                entries,
             };
             let call = match &mut self.local {
                 Some(local) => match local.push(start.start()) {

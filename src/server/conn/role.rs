@@ -127,7 +127,11 @@ where
         if let Some(d) = deadline {
             st.tighten_deadline(id, d);
         }
-        self.queue.push_back((id, req));
+        self.queue.push_back(Queued {
+            id,
+            req,
+            entries: head.entries,
+        });
         self.batch += 1;
         Ok(())
     }

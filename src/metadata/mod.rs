@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 /// Maximum key length in bytes.
@@ -531,149 +531,12 @@ impl fmt::Debug for MetadataMap {
     }
 }
 
-// ---- wire format -------------------------------------------------------------
+mod block;
 
-/// Bytes needed for one entry: key length (1), key, value length (varint), value.
-pub(crate) fn entry_len(key_len: usize, value_len: usize) -> usize {
-    1 + key_len + varint_len(value_len as u64) + value_len
-}
-
-/// Writes one entry: `key_len: u8 | key | value_len: varint | value`.
-pub(crate) fn encode_entry(dst: &mut BytesMut, key: &[u8], value: &[u8]) {
-    debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
-    dst.put_u8(key.len() as u8);
-    dst.put_slice(key);
-    put_varint(dst, value.len() as u64);
-    dst.put_slice(value);
-}
-
-pub(crate) fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
-}
-
-pub(crate) fn put_varint(dst: &mut BytesMut, mut v: u64) {
-    while v >= 0x80 {
-        dst.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    dst.put_u8(v as u8);
-}
-
-/// Reads a LEB128 varint of at most 5 bytes (values < 2^32) in its
-/// minimal encoding: a last byte of 0 after another byte (e.g. `80 00` for
-/// 0) is malformed, so every length has exactly one encoding.
-fn get_varint(src: &[u8], pos: &mut usize) -> Option<u32> {
-    let mut v: u64 = 0;
-    for i in 0..5 {
-        let b = *src.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            if i > 0 && b == 0 {
-                return None;
-            }
-            return u32::try_from(v).ok();
-        }
-    }
-    None
-}
-
-/// Iterates over the entries of an encoded metadata block without copying
-/// or counting references: every key and value is a borrowed slice of the
-/// block; what is kept is sliced out of the block's `Bytes` with
-/// [`Bytes::slice_ref`] (as [`push_wire_entry`] does), the rest costs nothing.
-#[derive(Debug)]
-pub(crate) struct BlockIter<'a> {
-    block: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> BlockIter<'a> {
-    pub(crate) fn new(block: &'a [u8]) -> Self {
-        BlockIter { block, pos: 0 }
-    }
-}
-
-impl<'a> Iterator for BlockIter<'a> {
-    type Item = Result<(&'a [u8], &'a [u8]), InvalidMetadata>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.pos >= self.block.len() {
-            return None;
-        }
-        Some(self.next_entry())
-    }
-}
-
-impl<'a> BlockIter<'a> {
-    fn next_entry(&mut self) -> Result<(&'a [u8], &'a [u8]), InvalidMetadata> {
-        let src = self.block;
-        let key_len = src[self.pos] as usize;
-        let key_start = self.pos + 1;
-        let key_end = key_start + key_len;
-        if key_len == 0 || key_end > src.len() {
-            self.pos = src.len();
-            return Err(InvalidMetadata::new("truncated or empty key"));
-        }
-        let mut pos = key_end;
-        let Some(value_len) = get_varint(src, &mut pos) else {
-            self.pos = src.len();
-            return Err(InvalidMetadata::new("bad value length"));
-        };
-        let value_end = pos.saturating_add(value_len as usize);
-        if value_end > src.len() {
-            self.pos = src.len();
-            return Err(InvalidMetadata::new("value runs past the end of the block"));
-        }
-        self.pos = value_end;
-        Ok((&src[key_start..key_end], &src[pos..value_end]))
-    }
-}
-
-/// Validates a user entry decoded from the wire (`key` and `value` are
-/// slices of `block`) and adds it to `map`.
-pub(crate) fn push_wire_entry(
-    map: &mut MetadataMap,
-    block: &Bytes,
-    key: &[u8],
-    value: &[u8],
-) -> Result<(), InvalidMetadata> {
-    // The codec entry first: it is on nearly every call and the key is known.
-    // A built-in codec's name is held as a static: no reference to the read
-    // buffer, whose shared count the threads that end calls then fight over.
-    if key == CODEC_KEY {
-        let builtin = match value {
-            b"proto" => Some("proto"),
-            b"json" => Some("json"),
-            _ => None,
-        };
-        if builtin.is_some() {
-            map.set_codec(builtin);
-            return Ok(());
-        }
-    } else {
-        validate_key(key)?;
-    }
-    let value = block.slice_ref(value);
-    let value = if is_binary_key(key) {
-        Value::Binary(value)
-    } else {
-        // Checked once here: reading it as `&str` is then free.
-        Value::Text(ByteString::try_from(value).map_err(|_| {
-            InvalidMetadata::new(format!(
-                "value of text key {:?} is not UTF-8 (binary keys must end in -bin)",
-                String::from_utf8_lossy(key)
-            ))
-        })?)
-    };
-    map.push(block.slice_ref(key), value);
-    Ok(())
-}
+pub(crate) use block::{
+    check_wire_entry, encode_entry, entry_len, entry_span, push_wire_entry, BlockIter,
+    ReceivedEntries,
+};
 
 #[cfg(test)]
 mod tests {
@@ -753,55 +616,5 @@ mod tests {
         assert!(md.try_insert("ok", "c1\u{85}").is_err());
         assert!(md.try_insert("ok", "tab\tand ünïcödé").is_ok());
         assert!(md.try_insert(&"k".repeat(256), "x").is_err());
-    }
-
-    #[test]
-    fn block_round_trips() {
-        let mut md = MetadataMap::new();
-        md.try_insert("a", &"x".repeat(300)).unwrap();
-        md.insert_bin("b-bin", vec![0xff, 0, 1]);
-        let mut buf = BytesMut::new();
-        md.encode(&mut buf);
-        assert_eq!(buf.len(), md.encoded_len());
-        let mut back = MetadataMap::new();
-        let block = buf.freeze();
-        for e in BlockIter::new(&block) {
-            let (k, v) = e.unwrap();
-            push_wire_entry(&mut back, &block, k, v).unwrap();
-        }
-        assert_eq!(back, md);
-    }
-
-    #[test]
-    fn every_length_has_one_encoding() {
-        for n in [0u64, 1, 127, 128, 300, 16_383, 16_384, u32::MAX as u64] {
-            let mut b = BytesMut::new();
-            put_varint(&mut b, n);
-            assert_eq!(b.len(), varint_len(n));
-            let mut pos = 0;
-            assert_eq!(get_varint(&b, &mut pos), Some(n as u32), "{n}");
-            assert_eq!(pos, b.len());
-        }
-    }
-
-    #[test]
-    fn bad_blocks_are_errors_not_panics() {
-        for block in [
-            &[5u8, b'a'][..],
-            &[0u8][..],
-            &[1, b'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
-            &[1, b'a', 10, 1, 2][..],
-            // Non-minimal value lengths: 0 as `80 00`, 1 as `81 80 00`.
-            &[1, b'a', 0x80, 0x00][..],
-            &[1, b'a', 0x81, 0x80, 0x00, b'v'][..],
-        ] {
-            let r: Result<Vec<_>, _> = BlockIter::new(block).collect();
-            assert!(r.is_err(), "{block:?}");
-        }
-        let mut md = MetadataMap::new();
-        let block = Bytes::from_static(b"t-bin\xff");
-        let (text, bin, bad) = (&block[..1], &block[..5], &block[5..]);
-        assert!(push_wire_entry(&mut md, &block, text, bad).is_err());
-        assert!(push_wire_entry(&mut md, &block, bin, bad).is_ok());
     }
 }
