@@ -15,16 +15,7 @@ side=${1:?server|client} system=${2:?system} conc=${3:-256} payload=${4:-64} cal
 threads=${THREADS:-2}
 out=${OUT:-/tmp/trpc-callgrind}
 mkdir -p "$out"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trpc-target-bench}
-cd "$(dirname "$0")"
-if [[ -n ${BIN:-} ]]; then
-  bin=$BIN
-else
-  cargo build --release --quiet
-  bin=$CARGO_TARGET_DIR/release/trpc-bench
-fi
-port=$((7400 + RANDOM % 500))
-addr=127.0.0.1:$port
+source "$(dirname "$0")/profile-common.sh"
 tag=${TAG:-}$side-$system-c$conc-p$payload
 cg=(valgrind --tool=callgrind --callgrind-out-file="$out/$tag.%p.out" --dump-instr=no --collect-jumps=no)
 warm=$((calls / 10))

@@ -12,16 +12,7 @@
 set -euo pipefail
 system=${1:?system} conc=${2:-256} payload=${3:-64} calls=${4:-1000000}
 threads=${THREADS:-2}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trpc-target-bench}
-cd "$(dirname "$0")"
-if [[ -n ${BIN:-} ]]; then
-  bin=$BIN
-else
-  cargo build --release --quiet
-  bin=$CARGO_TARGET_DIR/release/trpc-bench
-fi
-port=$((7400 + RANDOM % 500))
-addr=127.0.0.1:$port
+source "$(dirname "$0")/profile-common.sh"
 out=$(mktemp)
 events=context-switches,task-clock,syscalls:sys_enter_futex,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto
 # The server exits (and perf prints its counts) when its stdin closes.

@@ -245,6 +245,17 @@ impl ReceivedEntries {
     }
 }
 
+/// A block of entries decoded into a map, as a response head is.
+#[cfg(test)]
+pub(super) fn decode(block: Bytes) -> MetadataMap {
+    let mut map = MetadataMap::new();
+    for e in BlockIter::new(&block) {
+        let (k, v) = e.expect("a well-formed block");
+        push_wire_entry(&mut map, &block, k, v).expect("valid entries");
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,13 +268,7 @@ mod tests {
         let mut buf = BytesMut::new();
         md.encode(&mut buf);
         assert_eq!(buf.len(), md.encoded_len());
-        let mut back = MetadataMap::new();
-        let block = buf.freeze();
-        for e in BlockIter::new(&block) {
-            let (k, v) = e.unwrap();
-            push_wire_entry(&mut back, &block, k, v).unwrap();
-        }
-        assert_eq!(back, md);
+        assert_eq!(decode(buf.freeze()), md);
     }
 
     #[test]

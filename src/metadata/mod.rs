@@ -591,13 +591,7 @@ mod tests {
         let mut buf = BytesMut::new();
         md.encode(&mut buf);
         assert_eq!(buf.len(), md.encoded_len());
-        let mut back = MetadataMap::new();
-        let block = buf.freeze();
-        for e in BlockIter::new(&block) {
-            let (k, v) = e.unwrap();
-            push_wire_entry(&mut back, &block, k, v).unwrap();
-        }
-        assert_eq!(back, md);
+        assert_eq!(block::decode(buf.freeze()), md);
         assert_eq!(md.remove("trpc-codec"), 1);
         assert_eq!(md.get("trpc-codec"), None);
         assert_eq!(md.len(), 1);
