@@ -152,21 +152,27 @@ pub(crate) fn push_wire_entry(
     key: &[u8],
     value: &[u8],
 ) -> Result<(), InvalidMetadata> {
-    if !check_wire_key(map, block, key, value)? {
-        return Ok(());
+    if check_wire_key(map, block, key, value)? {
+        let entry = wire_entry(block, key, value).ok_or_else(|| not_utf8(key))?;
+        map.entries.push(entry);
     }
+    Ok(())
+}
+
+/// The entry `key`, `value` (slices of `block`) as the map holds it: a
+/// text value is checked as UTF-8 here, once (reading it as `&str` is then
+/// free); `None` if it is not.
+fn wire_entry(block: &Bytes, key: &[u8], value: &[u8]) -> Option<Entry> {
     let value = block.slice_ref(value);
     let value = if is_binary_key(key) {
         Value::Binary(value)
     } else {
-        // Checked once here: reading it as `&str` is then free.
-        Value::Text(ByteString::try_from(value).map_err(|_| not_utf8(key))?)
+        Value::Text(ByteString::try_from(value).ok()?)
     };
-    map.entries.push(Entry {
+    Some(Entry {
         key: block.slice_ref(key),
         value,
-    });
-    Ok(())
+    })
 }
 
 /// Validates an entry of a request's block where the block is decoded (the
@@ -223,25 +229,12 @@ impl ReceivedEntries {
     /// Adds the entries to `map`, in order.
     pub(crate) fn add_to(self, map: &mut MetadataMap) {
         let block = &self.0;
-        for (key, value) in BlockIter::new(block).map_while(Result::ok) {
-            if key.first() == Some(&b':') || key == CODEC_KEY {
-                continue;
-            }
-            let value = block.slice_ref(value);
-            let value = if is_binary_key(key) {
-                Value::Binary(value)
-            } else {
-                match ByteString::try_from(value) {
-                    Ok(text) => Value::Text(text),
-                    // Validated when the block was decoded.
-                    Err(_) => continue,
-                }
-            };
-            map.entries.push(Entry {
-                key: block.slice_ref(key),
-                value,
-            });
-        }
+        let entries = BlockIter::new(block)
+            .map_while(Result::ok)
+            .filter(|(key, _)| key.first() != Some(&b':') && *key != CODEC_KEY)
+            // Every one was validated when the block was decoded.
+            .filter_map(|(key, value)| wire_entry(block, key, value));
+        map.entries.extend(entries);
     }
 }
 
