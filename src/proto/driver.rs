@@ -136,6 +136,13 @@ pub(crate) trait Role: Send + Sized + 'static {
 
     /// The connection went idle: give back memory kept for the next calls.
     fn release_idle(&mut self) {}
+
+    /// True while more output is on its way (a server's calls handed over
+    /// and not started yet): the write waits for it, and `waker` is woken
+    /// once nothing is on its way any more.
+    fn output_coming(&mut self, _waker: &Waker) -> bool {
+        false
+    }
 }
 
 /// Settings of the common machinery.
@@ -315,6 +322,12 @@ where
             // together.
             let write_now = !hold_writes && !self.wbuf.is_empty();
             if write_now
+                && self.wbuf.len() < DEFER_WRITE_BELOW
+                && self.role.output_coming(cx.waker())
+            {
+                // The replies of calls queued behind these go out with them.
+                hold_writes = true;
+            } else if write_now
                 && !self.write_deferred
                 && self.last_batch > 1
                 && self.wbuf.len() < DEFER_WRITE_BELOW

@@ -199,7 +199,7 @@ where
     /// a rule).
     fn stop(&mut self, call: CallRef, id: u32) {
         match call {
-            CallRef::Task(call) => call.stop(),
+            CallRef::Task(call) => self.pool.stop(call),
             CallRef::Local(idx) => self.drop_local.push(idx),
             CallRef::Queued => {
                 if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
@@ -294,6 +294,7 @@ where
             self.started.push((id, call));
         }
         self.backed_up = !self.queue.is_empty();
+        self.pool.flush();
         if !self.started.is_empty() {
             let mut st = self.shared.lock();
             for (id, call) in self.started.drain(..) {
@@ -302,7 +303,7 @@ where
                     // It finished (and was answered) already, or it was
                     // cancelled meanwhile.
                     None => match call {
-                        CallRef::Task(call) => call.stop(),
+                        CallRef::Task(call) => self.pool.stop(call),
                         CallRef::Local(idx) => self.drop_local.push(idx),
                         CallRef::Queued => {}
                     },

@@ -403,6 +403,10 @@ where
         std::mem::take(&mut self.batch)
     }
 
+    fn output_coming(&mut self, waker: &std::task::Waker) -> bool {
+        self.pool.calls_queued(waker)
+    }
+
     fn release_idle(&mut self) {
         self.pool.release_idle();
         crate::util::release_empty!(
