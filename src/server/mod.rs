@@ -310,19 +310,19 @@ impl<L> Server<L> {
         self
     }
 
-    /// Runs handlers inside their connection's task instead of a task each
-    /// (default off).
+    /// Runs handlers inside their connection's task (default off).
     ///
-    /// By default every call runs in a task of its own (tasks reused from
-    /// call to call), so the calls of one connection spread over all worker
-    /// threads and a handler that burns CPU holds up nothing else on its
-    /// connection (other calls, PINGs). Inline mode saves the hand-off of
-    /// each call to a task and the moves between worker threads — for
-    /// handlers known to be cheap and never blocking (a 64 B echo at 256 in
-    /// flight on one connection: about 1.1–1.5× the calls per second,
-    /// docs/PERFORMANCE.md) — at the price of running all calls of a
-    /// connection on one thread at a time: one slow `poll` delays every
-    /// other call of that connection.
+    /// By default calls run in tasks of the connection's own (runners that
+    /// take the calls of a read batch one after the other, more of them
+    /// as calls wait or burn CPU), so the calls of one connection spread
+    /// over all worker threads and a handler that burns CPU holds up
+    /// nothing else on its connection (other calls, PINGs). Inline mode
+    /// saves handing calls to another task — little since the runners (a
+    /// 64 B echo at 256 in flight on one connection: 0.85–1.15× the
+    /// default's rate, 0.1–0.3 µs less server CPU per call,
+    /// docs/PERFORMANCE.md) — at the price of running all
+    /// calls of a connection on one thread at a time: one slow `poll`
+    /// delays every other call of that connection.
     pub fn inline_handlers(mut self, on: bool) -> Self {
         self.config.inline_handlers = on;
         self

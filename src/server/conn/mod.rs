@@ -1,7 +1,7 @@
 //! The server side of a trpc connection ([`ServerRole`]): admits new calls
-//! (stream ids, limits, request-byte budget), starts their handlers — each
-//! in a task of its own by default (tasks of the connection's pool, reused
-//! from call to call), so one connection's calls use every core — and
+//! (stream ids, limits, request-byte budget), starts their handlers — in
+//! the runner tasks of the connection's pool by default, so one
+//! connection's calls use every core — and
 //! answers for calls that are cancelled, time out or break the rules; plus
 //! the server's own timers (handshake, idle, idle streams, connection age)
 //! and graceful drain.
