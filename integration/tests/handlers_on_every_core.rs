@@ -178,3 +178,122 @@ async fn call_tasks_end_once_their_connection_is_idle() {
     assert_eq!(ch.connections(), 1);
     srv.shutdown().await;
 }
+
+/// Sends `frames` in one write, so the server reads them as one batch.
+async fn send_together(p: &mut Peer, frames: &[bytes::Bytes]) {
+    p.send(&frames.concat()).await;
+}
+
+/// Waits for the replies of `ids` (HEADERS, any order) before anything
+/// else; panics if another stream answers first.
+async fn expect_answers(p: &mut Peer, mut ids: Vec<u32>, why: &str) {
+    while !ids.is_empty() {
+        match p.next().await {
+            Seen::Frame(f) if f.frame_type() == Some(FrameType::Headers) => {
+                let id = f.stream_id();
+                assert!(ids.contains(&id), "stream {id} answered first: {why}");
+                ids.retain(|i| *i != id);
+            }
+            Seen::Frame(_) => {}
+            Seen::Closed => panic!("closed: {why}"),
+        }
+    }
+}
+
+/// Sends a batch of `n` calls, one of them (at `hog_at`, from 0) a handler
+/// that spins until released, the others echoes, and checks that the
+/// echoes are answered while the hog spins.
+async fn echoes_answered_around_a_hog(n: u32, hog_at: usize) {
+    let release = Arc::new(AtomicBool::new(false));
+    let r = release.clone();
+    let router = trpc_integration::server::echo_router().route(
+        "c.C/Hog",
+        unary(move |req: Request<EchoMsg>| {
+            let release = r.clone();
+            async move {
+                let released =
+                    spin_until(Duration::from_secs(30), || release.load(Ordering::SeqCst));
+                assert!(released, "never released");
+                Ok::<_, Status>(Response::new(req.into_inner()))
+            }
+        }),
+    );
+    let srv = serve(router).await;
+    let mut p = Peer::handshake(srv.addr).await;
+    let ids: Vec<u32> = (0..n).map(|i| 2 * i + 1).collect();
+    let hog = ids[hog_at];
+    let batch: Vec<_> = ids
+        .iter()
+        .map(|&id| match id == hog {
+            true => unary_request(id, "c.C/Hog", &[], echo_body("hog")),
+            false => unary_request(id, "echo.Echo/Say", &[], echo_body("hi")),
+        })
+        .collect();
+    send_together(&mut p, &batch).await;
+    let t0 = Instant::now();
+    let echoes = ids.iter().copied().filter(|&id| id != hog).collect();
+    expect_answers(&mut p, echoes, "the hog answered before it was released").await;
+    eprintln!(
+        "{} calls read with a CPU-bound one (at {hog_at}) answered in {:?}",
+        n - 1,
+        t0.elapsed()
+    );
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(p.response().await.stream_id, hog);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_read_with_a_cpu_bound_call_are_answered_while_it_runs() {
+    // The first call of an idle connection gets a task of its own; the
+    // rest are queued for the connection's runners. A hog taken early: the
+    // calls queued behind it are taken by another runner. A hog taken
+    // last: the replies held back while it was queued are written once it
+    // is taken (the connection holds replies only while calls are queued).
+    echoes_answered_around_a_hog(22, 1).await;
+    echoes_answered_around_a_hog(300, 299).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn calls_read_with_a_waiting_call_are_answered_while_it_waits() {
+    // One worker thread: no second runner is woken for CPU; the runner
+    // whose call waits hands the queue to another.
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = go.clone();
+    let router = trpc_integration::server::echo_router().route(
+        "c.C/Wait",
+        unary(move |req: Request<EchoMsg>| {
+            let go = g.clone();
+            async move {
+                let _permit = go.acquire().await;
+                Ok::<_, Status>(Response::new(req.into_inner()))
+            }
+        }),
+    );
+    let srv = serve(router).await;
+    let mut p = Peer::handshake(srv.addr).await;
+    // After one call (the first of an idle connection gets a task of its
+    // own), two waiting calls with calls queued behind each.
+    send_together(
+        &mut p,
+        &[
+            unary_request(1, "echo.Echo/Say", &[], echo_body("first")),
+            unary_request(3, "c.C/Wait", &[], echo_body("wait")),
+            unary_request(5, "echo.Echo/Say", &[], echo_body("a")),
+            unary_request(7, "c.C/Wait", &[], echo_body("wait too")),
+            unary_request(9, "echo.Echo/Say", &[], echo_body("b")),
+        ],
+    )
+    .await;
+    expect_answers(
+        &mut p,
+        vec![1, 5, 9],
+        "a waiting call answered before it was let go",
+    )
+    .await;
+    go.add_permits(2);
+    let mut ends = [p.response().await.stream_id, p.response().await.stream_id];
+    ends.sort_unstable();
+    assert_eq!(ends, [3, 7]);
+    srv.shutdown().await;
+}

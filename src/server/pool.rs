@@ -582,7 +582,11 @@ mod tests {
         }
         pool.stop(second);
         until(|| counts(&pool) == (1, 1, 0)).await;
-        assert_eq!(dropped.load(Ordering::SeqCst), 2, "the stopped call was dropped");
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            2,
+            "the stopped call was dropped"
+        );
         assert!(tx2.is_closed());
         // A waiting call does not hold up the calls queued behind it:
         // another runner takes them. Both are dropped when stopped.
@@ -671,6 +675,37 @@ mod tests {
         until(|| counts(&pool) == (1, 1, 0)).await;
         assert_eq!(dropped.load(Ordering::SeqCst), 3);
         assert_eq!(pool.shared().active.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn the_connection_is_woken_when_the_last_queued_call_is_taken() {
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let mut pool = warm_pool();
+        assert!(!pool.calls_queued(&waker), "no pool, nothing queued");
+        let (tx1, _first) = hand(&mut pool, &dropped);
+        let (tx2, _second) = hand(&mut pool, &dropped);
+        pool.flush();
+        // Nothing has run yet (one thread): both calls are queued.
+        assert!(pool.calls_queued(&waker));
+        assert!(pool.calls_queued(&waker), "asked again: one waker kept");
+        // The runner takes the first, waits on it, hands the queue to a
+        // second runner, which takes the last: the connection is woken
+        // though neither call has ended.
+        until(|| counts(&pool).2 == 0).await;
+        until(|| woken.0.load(Ordering::SeqCst) == 1).await;
+        assert!(!pool.calls_queued(&waker));
+        tx1.send(()).unwrap();
+        tx2.send(()).unwrap();
+        until(|| dropped.load(Ordering::SeqCst) == 2).await;
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
