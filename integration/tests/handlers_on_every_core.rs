@@ -33,6 +33,23 @@ fn spin_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
     true
 }
 
+/// The echo router plus `c.C/Hog`, whose handler spins (no await) until
+/// `release` is set.
+fn hog_router(release: Arc<AtomicBool>) -> Router {
+    trpc_integration::server::echo_router().route(
+        "c.C/Hog",
+        unary(move |req: Request<EchoMsg>| {
+            let release = release.clone();
+            async move {
+                let released =
+                    spin_until(Duration::from_secs(30), || release.load(Ordering::SeqCst));
+                assert!(released, "never released");
+                Ok::<_, Status>(Response::new(req.into_inner()))
+            }
+        }),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_bound_calls_on_one_connection_run_on_every_worker() {
     let started = Arc::new(AtomicUsize::new(0));
@@ -84,19 +101,7 @@ async fn cpu_bound_calls_on_one_connection_run_on_every_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_and_a_call_are_answered_while_a_handler_burns_cpu() {
     let release = Arc::new(AtomicBool::new(false));
-    let r = release.clone();
-    let router = trpc_integration::server::echo_router().route(
-        "c.C/Hog",
-        unary(move |req: Request<EchoMsg>| {
-            let release = r.clone();
-            async move {
-                let released =
-                    spin_until(Duration::from_secs(30), || release.load(Ordering::SeqCst));
-                assert!(released, "never released");
-                Ok::<_, Status>(Response::new(req.into_inner()))
-            }
-        }),
-    );
+    let router = hog_router(release.clone());
     let srv = serve(router).await;
     let mut p = Peer::handshake(srv.addr).await;
     p.send(&unary_request(1, "c.C/Hog", &[], echo_body("hog")))
@@ -205,19 +210,7 @@ async fn expect_answers(p: &mut Peer, mut ids: Vec<u32>, why: &str) {
 /// echoes are answered while the hog spins.
 async fn echoes_answered_around_a_hog(n: u32, hog_at: usize) {
     let release = Arc::new(AtomicBool::new(false));
-    let r = release.clone();
-    let router = trpc_integration::server::echo_router().route(
-        "c.C/Hog",
-        unary(move |req: Request<EchoMsg>| {
-            let release = r.clone();
-            async move {
-                let released =
-                    spin_until(Duration::from_secs(30), || release.load(Ordering::SeqCst));
-                assert!(released, "never released");
-                Ok::<_, Status>(Response::new(req.into_inner()))
-            }
-        }),
-    );
+    let router = hog_router(release.clone());
     let srv = serve(router).await;
     let mut p = Peer::handshake(srv.addr).await;
     let ids: Vec<u32> = (0..n).map(|i| 2 * i + 1).collect();
