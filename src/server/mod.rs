@@ -314,7 +314,7 @@ impl<L> Server<L> {
     ///
     /// By default calls run in tasks of the connection's own (runners that
     /// take the calls of a read batch one after the other, more of them
-    /// as calls wait or burn CPU), so the calls of one connection spread
+    /// as calls queue up or wait), so the calls of one connection spread
     /// over all worker threads and a handler that burns CPU holds up
     /// nothing else on its connection (other calls, PINGs). Inline mode
     /// saves handing calls to another task — little since the runners (a
