@@ -34,6 +34,13 @@ const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// for more streams to add theirs.
 const DEFER_WRITE_BELOW: usize = 64 * 1024;
 
+/// Output held while more is on its way ([`Role::output_coming`]) is
+/// written once it reaches this: the peer gets replies in pieces of a few
+/// dozen while the rest of a batch runs, and can send its next calls
+/// meanwhile (a whole batch held back leaves it waiting; measured in
+/// docs/PERFORMANCE.md, "Runners").
+const HOLD_OUTPUT_BELOW: usize = 4 * 1024;
+
 /// What differs between a client and a server connection.
 ///
 /// Frame hooks run with the connection's state locked (they must not call
@@ -322,7 +329,7 @@ where
             // together.
             let write_now = !hold_writes && !self.wbuf.is_empty();
             if write_now
-                && self.wbuf.len() < DEFER_WRITE_BELOW
+                && self.wbuf.len() < HOLD_OUTPUT_BELOW
                 && self.role.output_coming(cx.waker())
             {
                 // The replies of calls queued behind these go out with them.
