@@ -230,6 +230,17 @@ impl<X: RoleStream> Shared<X> {
         self.task.wake();
     }
 
+    /// Wakes the connection task if it waits to be woken; true if it did.
+    pub(crate) fn wake_task_if_waiting(&self) -> bool {
+        match self.task.take() {
+            Some(waker) => {
+                waker.wake();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The connection task registers for [`Shared::wake_task`].
     pub(crate) fn register_task(&self, waker: &Waker) {
         self.task.register(waker);

@@ -218,7 +218,9 @@ fn reply(shared: &Shared<ServerStream>, id: u32, result: Result<Response<Body>, 
         (metadata, body.into_once().ok())
     });
     shared.side.push(id, reply);
-    shared.wake_task();
+    if shared.wake_task_if_waiting() {
+        super::pool::woke_connection();
+    }
 }
 
 /// Writes the response stream as far as flow control and fairness allow.

@@ -44,6 +44,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// tasks (other connections, and an idle worker a chance to take it).
 const CALLS_PER_TURN: usize = 32;
 
+thread_local! {
+    /// A call run on this thread woke its connection's task.
+    static WOKE_CONNECTION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Notes that a call woke its connection's task: the task was put in this
+/// worker's slot for the next task to run, which no other worker takes, so
+/// the runner lets it run before it starts another call (one that may burn
+/// CPU for long).
+pub(crate) fn woke_connection() {
+    WOKE_CONNECTION.with(|w| w.set(true));
+}
+
 /// A call as handed to the pool: small to move. It becomes its future only
 /// in the task that runs it, so the whole future (every layer's state) is
 /// written once in place instead of being copied through the hand-over.
@@ -396,13 +409,17 @@ impl<T: Job> Future for RunnerTask<T> {
             }
             match next(this.me, this.shared, this.generation, this.call.as_mut()) {
                 Next::Run(helper) => {
+                    let mut yield_now = WOKE_CONNECTION.with(|w| w.replace(false));
                     if let Some(helper) = helper {
-                        // The helper may be woken into this worker's slot
-                        // for the next task, which no other worker takes:
-                        // this runner goes to the back of the run queue
-                        // instead, where an idle worker can take it, so a
-                        // call that burns CPU holds up neither.
                         helper.go(this.shared);
+                        yield_now = true;
+                    }
+                    if yield_now {
+                        // The helper, or the connection, may be in this
+                        // worker's slot for the next task, which no other
+                        // worker takes: this runner goes to the back of the
+                        // run queue before it polls the call it took, so a
+                        // call that burns CPU holds up neither.
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
@@ -476,6 +493,7 @@ fn next<T: Job>(
     }
     if let Some(waker) = emptied {
         waker.wake();
+        woke_connection();
     }
     drop(dropped);
     next
