@@ -225,13 +225,9 @@ impl<X: RoleStream> Shared<X> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes the connection task (call it after releasing the lock).
-    pub(crate) fn wake_task(&self) {
-        self.task.wake();
-    }
-
-    /// Wakes the connection task if it waits to be woken; true if it did.
-    pub(crate) fn wake_task_if_waiting(&self) -> bool {
+    /// Wakes the connection task (call it after releasing the lock); true
+    /// if it was waiting to be woken (false: already woken, or running).
+    pub(crate) fn wake_task(&self) -> bool {
         match self.task.take() {
             Some(waker) => {
                 waker.wake();

@@ -218,7 +218,7 @@ fn reply(shared: &Shared<ServerStream>, id: u32, result: Result<Response<Body>, 
         (metadata, body.into_once().ok())
     });
     shared.side.push(id, reply);
-    if shared.wake_task_if_waiting() {
+    if shared.wake_task() {
         super::pool::woke_connection();
     }
 }

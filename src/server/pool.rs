@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -77,6 +77,14 @@ pub(crate) enum PoolCall {
     Spawned(AbortHandle),
 }
 
+/// A runner's state: running a call, or waiting on one.
+const BUSY: u8 = 0;
+/// Woken (or made) to take calls, not at the queue yet (counted in
+/// `Queue::searching`).
+const SEARCHING: u8 = 1;
+/// On the idle list.
+const IDLE: u8 = 2;
+
 /// A task of the pool, as its connection and the other runners see it.
 #[derive(Debug)]
 struct Runner {
@@ -85,11 +93,8 @@ struct Runner {
     current: AtomicU64,
     /// The generation of the last call stopped while this runner ran it.
     stopped: AtomicU64,
-    /// Woken to take calls, not yet at the queue (counted in `searching`);
-    /// written under the pool's lock.
-    searching: AtomicBool,
-    /// On the idle list; written under the pool's lock.
-    idle: AtomicBool,
+    /// [`BUSY`], [`SEARCHING`] or [`IDLE`]; written under the pool's lock.
+    state: AtomicU8,
     /// The task ends (the pool is gone or idle).
     quit: AtomicBool,
     waker: AtomicWaker,
@@ -100,8 +105,7 @@ impl Runner {
         Arc::new(Runner {
             current: AtomicU64::new(0),
             stopped: AtomicU64::new(0),
-            searching: AtomicBool::new(true),
-            idle: AtomicBool::new(false),
+            state: AtomicU8::new(SEARCHING),
             quit: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         })
@@ -159,6 +163,15 @@ impl Helper {
     }
 }
 
+impl<T> Queue<T> {
+    /// Drops an ending runner from the list of those alive.
+    fn forget(&mut self, runner: &Arc<Runner>) {
+        if let Some(i) = self.runners.iter().position(|r| Arc::ptr_eq(r, runner)) {
+            self.runners.swap_remove(i);
+        }
+    }
+}
+
 impl<T: Job> Queue<T> {
     /// Marks a runner as on its way to the queue: the idle one that waited
     /// least, or a new one.
@@ -167,8 +180,7 @@ impl<T: Job> Queue<T> {
         shared.active.fetch_add(1, Ordering::Relaxed);
         match self.idle.pop() {
             Some(runner) => {
-                runner.idle.store(false, Ordering::Relaxed);
-                runner.searching.store(true, Ordering::Relaxed);
+                runner.state.store(SEARCHING, Ordering::Relaxed);
                 Helper::Woken(runner)
             }
             None => {
@@ -371,10 +383,11 @@ impl<T: Job> Future for RunnerTask<T> {
         // Registered before anything is looked at: a call queued, a stop or
         // a quit after the look wakes this task.
         this.me.waker.register(cx.waker());
+        // Set by another task's call: whatever it woke has run by now.
+        WOKE_CONNECTION.with(|w| w.set(false));
         if this.call.is_none() && this.me.quit.load(Ordering::Acquire) {
             // Told to end while idle (not counted active).
-            let q = &mut *lock(&this.shared.queue);
-            q.runners.retain(|r| !Arc::ptr_eq(r, this.me));
+            lock(&this.shared.queue).forget(this.me);
             return Poll::Ready(());
         }
         if std::mem::take(this.waiting) {
@@ -444,13 +457,13 @@ fn next<T: Job>(
     let mut job = None;
     let next = {
         let q = &mut *lock(&shared.queue);
-        if me.idle.load(Ordering::Relaxed) {
+        match me.state.load(Ordering::Relaxed) {
             // Woken while idle, by a stale stop: nothing to do.
-            return Next::Wait;
+            IDLE => return Next::Wait,
+            SEARCHING => q.searching -= 1,
+            _ => {}
         }
-        if me.searching.swap(false, Ordering::Relaxed) {
-            q.searching -= 1;
-        }
+        me.state.store(BUSY, Ordering::Relaxed);
         loop {
             match q.calls.pop_front() {
                 Some((g, j)) => {
@@ -476,13 +489,11 @@ fn next<T: Job>(
                     me.current.store(0, Ordering::Relaxed);
                     shared.active.fetch_sub(1, Ordering::Relaxed);
                     if q.keep && !me.quit.load(Ordering::Acquire) {
-                        me.idle.store(true, Ordering::Relaxed);
+                        me.state.store(IDLE, Ordering::Relaxed);
                         q.idle.push(me.clone());
                         break Next::Wait;
                     }
-                    if let Some(i) = q.runners.iter().position(|r| Arc::ptr_eq(r, me)) {
-                        q.runners.swap_remove(i);
-                    }
+                    q.forget(me);
                     break Next::End;
                 }
             }
